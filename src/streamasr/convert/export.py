@@ -1,0 +1,146 @@
+"""Write a self-contained model directory from a NeMo checkpoint.
+
+Layout: encoder.onnx (+ encoder.onnx.data for large models), decoder.onnx, joint.onnx, frontend.npz
+(STFT window and mel filterbank copied from the checkpoint), tokenizer.model, vocab.txt, config.json.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from ..errors import ModelError
+from ..model_config import ModelConfig
+from .architecture import Architecture, parse_architecture
+from .nemo_file import NemoCheckpoint
+from .torch_modules import EncoderStep, Joint, PredictionStep
+
+OPSET = 17
+EXTERNAL_DATA_THRESHOLD = 512 << 20  # graphs larger than this keep their weights in a side file
+
+ENCODER_INPUTS = ["mel", "drop", "cache_len", "k_cache", "v_cache", "conv_cache"]
+ENCODER_OUTPUTS = ["encoded", "encoded_proj", "k_cache_next", "v_cache_next", "conv_cache_next", "cache_len_next"]
+
+
+def _export(module, args: tuple, path: Path, inputs: list[str], outputs: list[str], dynamic: dict[str, dict[int, str]]) -> None:
+    import onnx
+    import torch
+
+    tmp = Path(tempfile.mkdtemp(prefix="streamasr-export-"))
+    try:
+        raw = tmp / path.name
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, args, str(raw), input_names=inputs, output_names=outputs,
+                              dynamic_axes=dynamic, opset_version=OPSET, do_constant_folding=True, dynamo=False)
+        model = onnx.load(str(raw))
+        size = sum(t.ByteSize() for t in model.graph.initializer)
+        for stale in (path, path.with_name(path.name + ".data")):
+            stale.unlink(missing_ok=True)
+        if size > EXTERNAL_DATA_THRESHOLD:
+            onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=path.name + ".data", size_threshold=1024)
+        else:
+            onnx.save_model(model, str(path))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def export_encoder(arch: Architecture, sd: dict[str, Any], path: Path) -> None:
+    import torch
+
+    enc = arch.encoder
+    module = EncoderStep(arch, sd).eval()
+    mode = enc.latency_modes[0]
+    width = enc.pre_encode_cache + enc.subsampling_factor * (mode.right_context + 1)
+    args = (
+        torch.zeros(1, width, arch.frontend.n_mels),
+        torch.tensor(enc.drop_extra_pre_encoded, dtype=torch.int64),
+        torch.tensor([3], dtype=torch.int64),
+        torch.zeros(1, enc.n_layers, enc.left_context, enc.d_model),
+        torch.zeros(1, enc.n_layers, enc.left_context, enc.d_model),
+        torch.zeros(1, enc.n_layers, enc.conv_cache, enc.d_model),
+    )
+    b = {0: "batch"}
+    dynamic = {"mel": {0: "batch", 1: "mel_frames"}, "cache_len": b, "k_cache": b, "v_cache": b, "conv_cache": b,
+               "encoded": {0: "batch", 1: "frames"}, "encoded_proj": {0: "batch", 1: "frames"},
+               "k_cache_next": b, "v_cache_next": b, "conv_cache_next": b, "cache_len_next": b}
+    _export(module, args, path, ENCODER_INPUTS, ENCODER_OUTPUTS, dynamic)
+
+
+def export_decoder(arch: Architecture, sd: dict[str, Any], path: Path) -> None:
+    import torch
+
+    dec = arch.decoder
+    state = torch.zeros(dec.pred_layers, 1, dec.pred_hidden)
+    args = (torch.tensor([dec.blank_id], dtype=torch.int64), state, state.clone())
+    dynamic = {"label": {0: "batch"}, "h": {1: "batch"}, "c": {1: "batch"},
+               "pred_proj": {0: "batch"}, "h_next": {1: "batch"}, "c_next": {1: "batch"}}
+    _export(PredictionStep(arch, sd).eval(), args, path, ["label", "h", "c"], ["pred_proj", "h_next", "c_next"], dynamic)
+
+
+def export_joint(arch: Architecture, sd: dict[str, Any], path: Path) -> None:
+    import torch
+
+    j = arch.decoder.joint_hidden
+    args = (torch.zeros(1, 4, j), torch.zeros(1, j))
+    dynamic = {"encoded_proj": {0: "batch", 1: "frames"}, "pred_proj": {0: "batch"},
+               "best": {0: "batch", 1: "frames"}, "logprob": {0: "batch", 1: "frames"}}
+    _export(Joint(arch, sd).eval(), args, path, ["encoded_proj", "pred_proj"], ["best", "logprob"], dynamic)
+
+
+def directory_size(directory: Path) -> int:
+    return sum(p.stat().st_size for p in Path(directory).iterdir() if p.is_file())
+
+
+def convert_checkpoint(ckpt: NemoCheckpoint, out_dir: Path, model_id: str, random_weights: bool = False) -> ModelConfig:
+    """Convert a loaded `.nemo` checkpoint into a model directory; returns its config."""
+    import sentencepiece as spm
+
+    cfg, sd = ckpt.config, ckpt.state_dict
+    tok_cfg = cfg.get("tokenizer") or {}
+    tokenizer = ckpt.artifact(tok_cfg.get("model_path"), "tokenizer.model")
+    sp = spm.SentencePieceProcessor(model_proto=tokenizer)
+    if "joint.joint_net.2.weight" not in sd:
+        raise ModelError("checkpoint has no RNN-T joint (joint.joint_net.2.weight); only RNN-T models are supported")
+    vocab = sd["joint.joint_net.2.weight"].shape[0] - 1
+    if sp.get_piece_size() != vocab:
+        raise ModelError(f"tokenizer has {sp.get_piece_size()} pieces but the joint predicts {vocab} labels + blank")
+    for key in ("preprocessor.featurizer.window", "preprocessor.featurizer.fb"):
+        if key not in sd:
+            raise ModelError(f"checkpoint lacks {key}; cannot reproduce its front end")
+    arch = parse_architecture(cfg, vocab)
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    export_encoder(arch, sd, out_dir / "encoder.onnx")
+    export_decoder(arch, sd, out_dir / "decoder.onnx")
+    export_joint(arch, sd, out_dir / "joint.onnx")
+    np.savez(out_dir / "frontend.npz",
+             window=sd["preprocessor.featurizer.window"].float().numpy(),
+             filterbank=sd["preprocessor.featurizer.fb"].float().numpy().reshape(arch.frontend.n_mels, -1))
+    (out_dir / "tokenizer.model").write_bytes(tokenizer)
+    (out_dir / "vocab.txt").write_text("".join(sp.id_to_piece(i) + "\n" for i in range(vocab)))
+    config = ModelConfig(
+        model_id=model_id,
+        frontend=arch.frontend,
+        encoder=arch.encoder,
+        decoder=arch.decoder,
+        source_sha256=ckpt.sha256,
+        random_weights=random_weights,
+        streamasr_version=__version__,
+        files={"encoder": "encoder.onnx", "decoder": "decoder.onnx", "joint": "joint.onnx",
+               "frontend": "frontend.npz", "tokenizer": "tokenizer.model", "vocab": "vocab.txt"},
+        quantization={"method": "fp32"},
+    )
+    config.save(out_dir)
+    sized = ModelConfig(**{**config.__dict__, "size_bytes": directory_size(out_dir)})
+    sized.save(out_dir)
+    return sized

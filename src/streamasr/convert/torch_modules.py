@@ -1,0 +1,327 @@
+"""Our own torch re-implementation of NeMo's cache-aware FastConformer step and RNN-T networks.
+
+These modules exist to be exported to ONNX (and to serve as a fast reference in the converter);
+they are built from a NeMo state dict and compute the same function as NeMo's streaming step, but the
+graph is shaped for inference rather than training:
+
+* One encoder graph serves every latency mode and both the first and later steps: the pre-encode drop
+  (0 on the first step, 2 after) is an input, and because a streaming step's frames always form a single
+  attention chunk, the chunked-limited mask reduces to "all valid cached frames + the whole current
+  chunk", which does not depend on the mode.
+* The attention cache holds projected keys and values (NeMo's holds the layer-normed input and
+  re-projects all 70 cached frames every step). The projections have no bias, so this is the same
+  function up to float rounding, at a fraction of the arithmetic.
+* The relative-position projection `linear_pos(pe(r))` depends only on the relative offset r, so it is
+  precomputed for every r a step can use and sliced in the graph.
+* The 1/sqrt(d_k) attention scale is folded into W_q and the position biases, the feed-forward 0.5 into
+  its second linear, and the 1x1 convolutions are matrix multiplications (so that weight quantizers,
+  which only look at MatMul, reach them).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .architecture import Architecture
+
+MASK_VALUE = -10000.0  # NeMo's INF_VAL for masked attention scores (not -inf)
+LN_EPS = 1e-5
+
+
+def _t(sd: dict[str, Any], key: str) -> torch.Tensor:
+    return sd[key].detach().to(torch.float32).clone()
+
+
+def _opt(sd: dict[str, Any], key: str) -> torch.Tensor | None:
+    return _t(sd, key) if key in sd else None
+
+
+class Linear(nn.Module):
+    """x @ W^T + b with an optional bias; exported as MatMul (+Add)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, scale: float = 1.0):
+        super().__init__()
+        w = weight.reshape(weight.shape[0], -1) * scale  # 1x1 conv weights (out, in, 1) -> (out, in)
+        self.weight_t = nn.Parameter(w.t().contiguous(), requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias * scale, requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.matmul(x, self.weight_t)
+        return y if self.bias is None else y + self.bias
+
+
+class LayerNorm(nn.Module):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor):
+        super().__init__()
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.bias = nn.Parameter(bias, requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, (self.weight.shape[0],), self.weight, self.bias, LN_EPS)
+
+
+def relative_position_table(d_model: int, r_hi: int, r_lo: int) -> torch.Tensor:
+    """Sinusoids for relative positions r_hi, r_hi-1, ..., r_lo, computed as NeMo does (fp32)."""
+    positions = torch.arange(r_hi, r_lo - 1, -1, dtype=torch.float32).unsqueeze(1)
+    div_term = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * -(math.log(10000.0) / d_model))
+    pe = torch.zeros(positions.shape[0], d_model)
+    pe[:, 0::2] = torch.sin(positions * div_term)
+    pe[:, 1::2] = torch.cos(positions * div_term)
+    return pe
+
+
+class PreEncode(nn.Module):
+    """Causal depthwise-striding subsampling (NeMo `ConvSubsampling`, dw_striding, causal)."""
+
+    def __init__(self, arch: Architecture, sd: dict[str, Any]):
+        super().__init__()
+        p = "encoder.pre_encode."
+        stages = int(math.log2(arch.encoder.subsampling_factor))
+        self.channels = arch.subsampling_channels
+        self.conv0_w = nn.Parameter(_t(sd, p + "conv.0.weight"), requires_grad=False)
+        self.conv0_b = nn.Parameter(_t(sd, p + "conv.0.bias"), requires_grad=False)
+        self.dw_w = nn.ParameterList()
+        self.dw_b = nn.ParameterList()
+        self.pw_w = nn.ParameterList()
+        self.pw_b = nn.ParameterList()
+        for s in range(1, stages):
+            self.dw_w.append(nn.Parameter(_t(sd, f"{p}conv.{3 * s - 1}.weight"), requires_grad=False))
+            self.dw_b.append(nn.Parameter(_t(sd, f"{p}conv.{3 * s - 1}.bias"), requires_grad=False))
+            self.pw_w.append(nn.Parameter(_t(sd, f"{p}conv.{3 * s}.weight"), requires_grad=False))
+            self.pw_b.append(nn.Parameter(_t(sd, f"{p}conv.{3 * s}.bias"), requires_grad=False))
+        self.out = Linear(_t(sd, p + "out.weight"), _opt(sd, p + "out.bias"))
+
+    @staticmethod
+    def _causal_pad(x: torch.Tensor) -> torch.Tensor:
+        # kernel 3, stride 2: left pad k-1=2, right pad s-1=1, on time and frequency alike
+        return F.pad(x, (2, 1, 2, 1))
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        x = mel.unsqueeze(1)  # (B, 1, T, F): conv "height" = time
+        x = F.relu(F.conv2d(self._causal_pad(x), self.conv0_w, self.conv0_b, stride=2))
+        for dw_w, dw_b, pw_w, pw_b in zip(self.dw_w, self.dw_b, self.pw_w, self.pw_b):
+            x = F.conv2d(self._causal_pad(x), dw_w, dw_b, stride=2, groups=self.channels)
+            x = F.relu(F.conv2d(x, pw_w, pw_b))
+        b, c, t, f = x.shape
+        x = x.transpose(1, 2).reshape(b, t, c * f)  # feature index = channel * F' + freq, as NeMo
+        return self.out(x)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, sd: dict[str, Any], layer_prefix: str, name: str):
+        super().__init__()
+        p = f"{layer_prefix}{name}."
+        self.norm = LayerNorm(_t(sd, f"{layer_prefix}norm_{name}.weight"), _t(sd, f"{layer_prefix}norm_{name}.bias"))
+        self.linear1 = Linear(_t(sd, p + "linear1.weight"), _opt(sd, p + "linear1.bias"))
+        # the Macaron half-step residual factor 0.5 folded into the second projection (exact in binary)
+        self.linear2 = Linear(_t(sd, p + "linear2.weight"), _opt(sd, p + "linear2.bias"), scale=0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear2(F.silu(self.linear1(self.norm(x))))
+
+
+class Attention(nn.Module):
+    """Relative-position multi-head attention over [projected K/V cache ; current chunk]."""
+
+    def __init__(self, arch: Architecture, sd: dict[str, Any], layer: int, pe: torch.Tensor):
+        super().__init__()
+        enc = arch.encoder
+        p = f"encoder.layers.{layer}.self_attn."
+        self.h = enc.n_heads
+        self.dk = enc.d_model // enc.n_heads
+        self.left = enc.left_context
+        self.max_step = enc.max_step_frames
+        scale = 1.0 / math.sqrt(self.dk)
+        self.q = Linear(_t(sd, p + "linear_q.weight"), _opt(sd, p + "linear_q.bias"), scale=scale)
+        self.k = Linear(_t(sd, p + "linear_k.weight"), _opt(sd, p + "linear_k.bias"))
+        self.v = Linear(_t(sd, p + "linear_v.weight"), _opt(sd, p + "linear_v.bias"))
+        self.out = Linear(_t(sd, p + "linear_out.weight"), _opt(sd, p + "linear_out.bias"))
+        if arch.untie_biases:
+            u, v = _t(sd, p + "pos_bias_u"), _t(sd, p + "pos_bias_v")
+        else:
+            u, v = _t(sd, "encoder.pos_bias_u"), _t(sd, "encoder.pos_bias_v")
+        self.pos_bias_u = nn.Parameter((u * scale).reshape(1, self.h, 1, self.dk), requires_grad=False)
+        self.pos_bias_v = nn.Parameter((v * scale).reshape(1, self.h, 1, self.dk), requires_grad=False)
+        pos = pe @ _t(sd, p + "linear_pos.weight").t()  # (R, D), R relative offsets, descending
+        self.pos = nn.Parameter(pos.reshape(-1, self.h, self.dk).permute(1, 2, 0).contiguous(), requires_grad=False)
+
+    def forward(
+        self, a: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, mask_bias: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        b, t, d = a.shape
+        keys = torch.cat([k_cache, self.k(a)], dim=1)  # (B, S, D), S = left + T
+        values = torch.cat([v_cache, self.v(a)], dim=1)
+        s = keys.shape[1]
+        q = self.q(a).reshape(b, t, self.h, self.dk).transpose(1, 2)  # (B, H, T, dk), pre-scaled
+        kh = keys.reshape(b, s, self.h, self.dk).permute(0, 2, 3, 1)  # (B, H, dk, S)
+        vh = values.reshape(b, s, self.h, self.dk).transpose(1, 2)  # (B, H, S, dk)
+        ac = torch.matmul(q + self.pos_bias_u, kh)  # (B, H, T, S)
+        # relative offsets left-1+T ... -(T-1): the slice of the table this step needs
+        start = self.max_step - t
+        pos = self.pos[:, :, start : start + s + t - 1]  # (H, dk, S+T-1)
+        bd = torch.matmul(q + self.pos_bias_v, pos)  # (B, H, T, S+T-1)
+        bd = F.pad(bd, (1, 0)).reshape(b, self.h, s + t, t)[:, :, 1:].reshape(b, self.h, t, s + t - 1)[..., :s]
+        probs = torch.softmax(ac + bd + mask_bias, dim=-1)
+        ctx = torch.matmul(probs, vh).transpose(1, 2).reshape(b, t, d)
+        return self.out(ctx), keys[:, -self.left :], values[:, -self.left :]
+
+
+class Convolution(nn.Module):
+    """Pointwise (as MatMul) -> GLU -> causal depthwise conv with cache -> norm -> SiLU -> pointwise."""
+
+    def __init__(self, arch: Architecture, sd: dict[str, Any], layer: int):
+        super().__init__()
+        p = f"encoder.layers.{layer}.conv."
+        self.d = arch.encoder.d_model
+        self.cache = arch.encoder.conv_cache
+        self.pw1 = Linear(_t(sd, p + "pointwise_conv1.weight"), _opt(sd, p + "pointwise_conv1.bias"))
+        self.dw_w = nn.Parameter(_t(sd, p + "depthwise_conv.weight"), requires_grad=False)  # (D, 1, K)
+        dw_b = _opt(sd, p + "depthwise_conv.bias")
+        self.dw_b = None if dw_b is None else nn.Parameter(dw_b, requires_grad=False)
+        nw, nb = _t(sd, p + "batch_norm.weight"), _t(sd, p + "batch_norm.bias")
+        if arch.conv_norm == "batch_norm":  # inference BatchNorm is an affine map: fold the statistics
+            inv = torch.rsqrt(_t(sd, p + "batch_norm.running_var") + LN_EPS)
+            nb = nb - _t(sd, p + "batch_norm.running_mean") * inv * nw
+            nw = nw * inv
+            self.norm = None
+            self.bn_scale = nn.Parameter(nw, requires_grad=False)
+            self.bn_shift = nn.Parameter(nb, requires_grad=False)
+        else:
+            self.norm = LayerNorm(nw, nb)
+        self.pw2 = Linear(_t(sd, p + "pointwise_conv2.weight"), _opt(sd, p + "pointwise_conv2.bias"))
+
+    def forward(self, x: torch.Tensor, conv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.pw1(x)
+        g = h[..., : self.d] * torch.sigmoid(h[..., self.d :])
+        g = torch.cat([conv_cache, g], dim=1)  # (B, K-1+T, D)
+        y = F.conv1d(g.transpose(1, 2), self.dw_w, self.dw_b, groups=self.d).transpose(1, 2)
+        y = self.norm(y) if self.norm is not None else y * self.bn_scale + self.bn_shift
+        return self.pw2(F.silu(y)), g[:, -self.cache :]
+
+
+class ConformerLayer(nn.Module):
+    def __init__(self, arch: Architecture, sd: dict[str, Any], layer: int, pe: torch.Tensor):
+        super().__init__()
+        p = f"encoder.layers.{layer}."
+        self.ff1 = FeedForward(sd, p, "feed_forward1")
+        self.norm_att = LayerNorm(_t(sd, p + "norm_self_att.weight"), _t(sd, p + "norm_self_att.bias"))
+        self.att = Attention(arch, sd, layer, pe)
+        self.norm_conv = LayerNorm(_t(sd, p + "norm_conv.weight"), _t(sd, p + "norm_conv.bias"))
+        self.conv = Convolution(arch, sd, layer)
+        self.ff2 = FeedForward(sd, p, "feed_forward2")
+        self.norm_out = LayerNorm(_t(sd, p + "norm_out.weight"), _t(sd, p + "norm_out.bias"))
+
+    def forward(self, x, k_cache, v_cache, conv_cache, mask_bias):
+        x = x + self.ff1(x)
+        att, k_next, v_next = self.att(self.norm_att(x), k_cache, v_cache, mask_bias)
+        x = x + att
+        conv, conv_next = self.conv(self.norm_conv(x), conv_cache)
+        x = x + conv
+        x = x + self.ff2(x)
+        return self.norm_out(x), k_next, v_next, conv_next
+
+
+class EncoderStep(nn.Module):
+    """One streaming step: mel chunk + caches -> encoded frames (and their joint projection) + caches.
+
+    Inputs:  mel (B, W, n_mels) time-major; drop () int64, encoder frames dropped after pre-encoding
+             (0 on a stream's first step, `drop_extra_pre_encoded` after); cache_len (B,) int64;
+             k_cache, v_cache (B, L, left, D); conv_cache (B, L, K-1, D).
+    Outputs: encoded (B, T, D), encoded_proj (B, T, joint_hidden), new k/v/conv caches, new cache_len.
+    """
+
+    def __init__(self, arch: Architecture, sd: dict[str, Any]):
+        super().__init__()
+        enc = arch.encoder
+        self.left = enc.left_context
+        self.xscale = math.sqrt(enc.d_model) if arch.xscaling else None
+        self.pre_encode = PreEncode(arch, sd)
+        pe = relative_position_table(enc.d_model, self.left + enc.max_step_frames - 1, -(enc.max_step_frames - 1))
+        self.layers = nn.ModuleList(ConformerLayer(arch, sd, i, pe) for i in range(enc.n_layers))
+        self.joint_enc = Linear(_t(sd, "joint.enc.weight"), _opt(sd, "joint.enc.bias"))
+
+    def forward(self, mel, drop, cache_len, k_cache, v_cache, conv_cache):
+        x = self.pre_encode(mel)
+        x = x[:, drop:]
+        if self.xscale is not None:
+            x = x * self.xscale
+        t = x.shape[1]
+        # keys: `left` cache slots (valid ones right-aligned) followed by the T current frames
+        key_index = torch.arange(self.left, device=x.device).unsqueeze(0)  # (1, left)
+        cache_masked = key_index < (self.left - cache_len).unsqueeze(1)  # (B, left)
+        mask_cache = torch.where(cache_masked, MASK_VALUE, 0.0)
+        mask_bias = torch.cat([mask_cache, torch.zeros_like(x[:, :, 0])], dim=1)[:, None, None, :]
+        k_out, v_out, c_out = [], [], []
+        for i, layer in enumerate(self.layers):
+            x, k_next, v_next, c_next = layer(x, k_cache[:, i], v_cache[:, i], conv_cache[:, i], mask_bias)
+            k_out.append(k_next)
+            v_out.append(v_next)
+            c_out.append(c_next)
+        new_len = torch.clamp(cache_len + t, max=self.left)
+        return (
+            x,
+            self.joint_enc(x),
+            torch.stack(k_out, dim=1),
+            torch.stack(v_out, dim=1),
+            torch.stack(c_out, dim=1),
+            new_len,
+        )
+
+
+class PredictionStep(nn.Module):
+    """RNN-T prediction network for one label per stream, with the joint's projection of its output.
+
+    label (B,) int64 (the blank id primes the network: its embedding is the zero vector), h/c
+    (layers, B, H) -> projected output (B, joint_hidden), h', c'.
+    """
+
+    def __init__(self, arch: Architecture, sd: dict[str, Any]):
+        super().__init__()
+        dec = arch.decoder
+        p = "decoder.prediction."
+        emb = _t(sd, p + "embed.weight")
+        emb[dec.blank_id] = 0.0  # padding_idx row: NeMo keeps it zero
+        self.embed = nn.Parameter(emb, requires_grad=False)
+        self.lstm = nn.LSTM(dec.pred_hidden, dec.pred_hidden, num_layers=dec.pred_layers, batch_first=True)
+        lstm_sd = {k[len(p + "dec_rnn.lstm.") :]: _t(sd, k) for k in sd if k.startswith(p + "dec_rnn.lstm.")}
+        self.lstm.load_state_dict(lstm_sd)
+        self.lstm.requires_grad_(False)
+        self.proj = Linear(_t(sd, "joint.pred.weight"), _opt(sd, "joint.pred.bias"))
+
+    def forward(self, label, h, c):
+        x = F.embedding(label, self.embed).unsqueeze(1)  # (B, 1, H)
+        y, (h2, c2) = self.lstm(x, (h, c))
+        return self.proj(y[:, 0]), h2, c2
+
+
+class Joint(nn.Module):
+    """Joint network over all remaining frames of a chunk for one prediction output.
+
+    encoded_proj (B, T, J), pred_proj (B, J) -> best label per frame (B, T) int64 (ties -> lowest id,
+    as torch.argmax) and that label's log-probability (B, T), used for confidence.
+    """
+
+    def __init__(self, arch: Architecture, sd: dict[str, Any]):
+        super().__init__()
+        self.out = Linear(_t(sd, "joint.joint_net.2.weight"), _opt(sd, "joint.joint_net.2.bias"))
+
+    def forward(self, encoded_proj, pred_proj):
+        logits = self.out(F.relu(encoded_proj + pred_proj.unsqueeze(1)))
+        best = torch.argmax(logits, dim=-1)
+        logp = torch.max(logits, dim=-1).values - torch.logsumexp(logits, dim=-1)
+        return best, logp
+
+
+def initial_state(arch: Architecture, batch: int = 1) -> dict[str, torch.Tensor]:
+    enc = arch.encoder
+    return {
+        "cache_len": torch.zeros(batch, dtype=torch.int64),
+        "k_cache": torch.zeros(batch, enc.n_layers, enc.left_context, enc.d_model),
+        "v_cache": torch.zeros(batch, enc.n_layers, enc.left_context, enc.d_model),
+        "conv_cache": torch.zeros(batch, enc.n_layers, enc.conv_cache, enc.d_model),
+    }

@@ -1,0 +1,86 @@
+"""The three networks behind a small numpy interface, with ONNX Runtime as the production backend.
+
+The streaming logic (chunk schedule, greedy RNN-T, text) is written once against `Backend`; the converter
+plugs in a torch backend built from the same modules it exports, which lets it run the model (to tune
+random weights, or to compare torch and ONNX) without a second implementation of the loop.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from ..errors import ModelError
+
+EncoderOut = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+class Backend(Protocol):
+    def encode(
+        self, mel: np.ndarray, drop: int, cache_len: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
+        conv_cache: np.ndarray,
+    ) -> EncoderOut:
+        """mel (B, W, n_mels) -> encoded (B,T,D), encoded_proj (B,T,J), k, v, conv caches, cache_len."""
+
+    def predict(self, label: np.ndarray, h: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """label (B,) int64 -> projected prediction output (B, J), h, c (layers, B, H)."""
+
+    def joint(self, encoded_proj: np.ndarray, pred_proj: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(B, T, J), (B, J) -> best label per frame (B, T) int64 and its log-probability (B, T)."""
+
+
+def session_options(threads: int | None = None):
+    """ORT options for low-latency streaming: a fixed intra-op pool, no inter-op parallelism, no spinning.
+
+    Spinning threads burn a core between chunks, which on a 2-core machine steals time from the audio
+    thread and from other streams, so it is off by default (STREAMASR_SPIN=1 turns it on).
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.inter_op_num_threads = 1
+    opts.intra_op_num_threads = threads if threads else (os.cpu_count() or 1)
+    spin = "1" if os.environ.get("STREAMASR_SPIN") == "1" else "0"
+    opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    opts.log_severity_level = 3
+    return opts
+
+
+class OrtBackend:
+    """Runs the model directory's ONNX graphs. Sessions are shared by every stream of a loaded model
+    (ORT's `run` is thread-safe); each stream keeps its own state."""
+
+    def __init__(self, directory: Path, files: dict[str, str], threads: int | None = None,
+                 providers: list[str] | None = None):
+        import onnxruntime as ort
+
+        self.providers = providers or ["CPUExecutionProvider"]
+        self.sessions = {}
+        for name in ("encoder", "decoder", "joint"):
+            path = Path(directory) / files.get(name, f"{name}.onnx")
+            if not path.is_file():
+                raise ModelError(f"model directory {directory} is missing {path.name}")
+            # the small decoder/joint graphs run fastest single-threaded (no pool hand-off per call)
+            opts = session_options(threads if name == "encoder" else 1)
+            try:
+                self.sessions[name] = ort.InferenceSession(str(path), sess_options=opts, providers=self.providers)
+            except Exception as exc:  # onnxruntime raises its own exception types
+                raise ModelError(f"cannot load {path}: {exc}") from exc
+
+    def encode(self, mel, drop, cache_len, k_cache, v_cache, conv_cache) -> EncoderOut:
+        out = self.sessions["encoder"].run(None, {
+            "mel": mel, "drop": np.array(drop, dtype=np.int64), "cache_len": cache_len,
+            "k_cache": k_cache, "v_cache": v_cache, "conv_cache": conv_cache,
+        })
+        return tuple(out)  # type: ignore[return-value]
+
+    def predict(self, label, h, c):
+        return tuple(self.sessions["decoder"].run(None, {"label": label, "h": h, "c": c}))
+
+    def joint(self, encoded_proj, pred_proj):
+        return tuple(self.sessions["joint"].run(None, {"encoded_proj": encoded_proj, "pred_proj": pred_proj}))
