@@ -15,9 +15,11 @@ from __future__ import annotations
 import io
 import math
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
+
+from .nemo_file import write_nemo
 
 import numpy as np
 
@@ -115,7 +117,8 @@ def train_tokenizer(out_dir: Path, vocab_size: int, seed: int = 0) -> Path:
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(sentence_iterator=iter(text.getvalue().decode().splitlines()), model_writer=model,
                                    vocab_size=vocab_size, model_type="bpe", character_coverage=1.0,
-                                   bos_id=-1, eos_id=-1, unk_id=0, hard_vocab_limit=True, num_threads=1)
+                                   bos_id=-1, eos_id=-1, unk_id=0, hard_vocab_limit=True, num_threads=1,
+                                   minloglevel=2)
     (out_dir / "tokenizer.model").write_bytes(model.getvalue())
     sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
     (out_dir / "vocab.txt").write_text("".join(sp.id_to_piece(i) + "\n" for i in range(sp.get_piece_size())))
@@ -286,3 +289,54 @@ def make_speech_like(
         run = run + 1 if a == b2 else 0
         best = max(best, run + 1)
     return SpeechLikeReport(tokens_per_frame=r, distinct_tokens=len(set(flat)), max_repeat_run=best, blank_scale=hi)
+
+
+def shared_speech(max_seconds: float = 15.0) -> list[np.ndarray]:
+    """The workplace's real speech (shared/data/speech) if present, each file capped, for tuning."""
+    import json
+    import os
+
+    from ..audio import read_audio
+
+    candidates = [Path(p) for p in [os.environ.get("STREAMASR_SPEECH_DIR")] if p]
+    candidates += [Path(__file__).resolve().parents[4] / "shared/data/speech", Path.cwd().parent / "shared/data/speech"]
+    manifest = next((c / "manifest.jsonl" for c in candidates if (c / "manifest.jsonl").is_file()), None)
+    if manifest is None:
+        raise FileNotFoundError(
+            "speech for tuning a random model not found; set STREAMASR_SPEECH_DIR to a folder with manifest.jsonl")
+    root = manifest.parent
+    items = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    return [read_audio(root / it["audio"])[: int(16000 * max_seconds)] for it in items]
+
+
+def build_random_nemo(name: str, path: Path, seed: int = 0, speech: list[np.ndarray] | None = None,
+                      nemo_model_factory=None) -> SpeechLikeReport:
+    """Write a speech-like random-weight `.nemo` for a named architecture.
+
+    Without `nemo_model_factory` the archive is written by our own writer (no NeMo needed); with it (a
+    callable cfg -> NeMo model), NeMo builds the model, loads the weights and saves the archive itself.
+    """
+    if name.startswith(RANDOM_PREFIX):
+        name = name[len(RANDOM_PREFIX):]
+    if name not in ARCHITECTURES:
+        from ..errors import ModelError
+
+        raise ModelError(f"unknown architecture {name!r}; known: {', '.join(ARCHITECTURES)}")
+    spec = ARCHITECTURES[name]
+    path = Path(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        tok_dir = train_tokenizer(Path(tmp) / "tokenizer", spec.vocab_size, seed=seed)
+        cfg = nemo_config(spec, str(tok_dir))
+        sd = random_state_dict(spec, seed=seed)
+        report = make_speech_like(sd, cfg, speech if speech is not None else shared_speech(), seed=seed)
+        if nemo_model_factory is not None:
+            model = nemo_model_factory(cfg)
+            model.load_state_dict(sd, strict=True)
+            model.save_to(str(path))
+        else:
+            cfg = dict(cfg, tokenizer={"dir": None, "type": "bpe", "model_path": "nemo:tokenizer.model",
+                                       "vocab_path": "nemo:vocab.txt"})
+            artifacts = {"tokenizer.model": (tok_dir / "tokenizer.model").read_bytes(),
+                         "vocab.txt": (tok_dir / "vocab.txt").read_bytes()}
+            write_nemo(path, cfg, {k: v.contiguous() for k, v in sd.items()}, artifacts)
+    return report

@@ -1,0 +1,231 @@
+"""The `streamasr` command line: convert, transcribe, verify, bench.
+
+User errors (bad audio, unknown model, bad option) print one line and exit 2; bugs keep their traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import StreamASRError
+
+EXIT_USER_ERROR = 2
+
+
+def _add_model_arg(p: argparse.ArgumentParser) -> None:
+    from .model_store import DEFAULT_MODEL
+
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="model directory, .nemo file, Hugging Face repo id or random:NAME (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
+
+
+def _load(args, allow_random: bool = True):
+    from .errors import ModelError
+    from .model_store import resolve_model
+    from .runtime import Model
+
+    model = Model.load_dir(resolve_model(args.model), threads=args.threads)
+    if model.config.random_weights and not allow_random:
+        raise ModelError(f"{args.model} has random weights (a benchmark model); its transcripts are meaningless. "
+                         "Pass --allow-random to run it anyway")
+    return model
+
+
+def _latency(model, requested: int | None) -> int:
+    latency = requested if requested is not None else model.config.encoder.default_latency_ms
+    model.config.encoder.mode(latency)  # raises a clear error for an unknown mode
+    return latency
+
+
+# ---------------------------------------------------------------- convert
+def cmd_convert(args) -> int:
+    from .convert.random_model import RANDOM_PREFIX
+    from .model_config import ModelConfig
+    from .model_store import convert_source
+
+    source = RANDOM_PREFIX + args.random if args.random else args.source
+    if not source:
+        raise StreamASRError("give a SOURCE (.nemo file or hub repo id) or --random NAME")
+    if not args.random and source.endswith(".nemo") and not Path(source).is_file():
+        raise StreamASRError(f"no such .nemo file: {source}")
+    t0 = time.perf_counter()
+    out = convert_source(source, Path(args.output))
+    if args.quant and args.quant != "fp32":
+        from .convert.quantize import quantize_model_dir
+
+        quantize_model_dir(out, args.quant, block_size=args.block_size, accuracy_level=args.accuracy_level)
+    cfg = ModelConfig.load(out)
+    print(f"converted {source} -> {out} ({cfg.size_bytes / 1e6:.1f} MB, {cfg.quantization.get('method')}, "
+          f"latency modes {', '.join(str(m.latency_ms) for m in cfg.encoder.latency_modes)} ms) "
+          f"in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+# ---------------------------------------------------------------- transcribe
+class _LiveLine:
+    """Partial text on one terminal line, overwritten in place; a no-op when not on a terminal."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.shown = False
+
+    def update(self, text: str) -> None:
+        if self.enabled:
+            import shutil
+
+            width = shutil.get_terminal_size((100, 20)).columns - 1
+            tail = text[-width:]
+            sys.stdout.write("\r\x1b[K" + tail)
+            sys.stdout.flush()
+            self.shown = True
+
+    def clear(self) -> None:
+        if self.enabled and self.shown:
+            sys.stdout.write("\r\x1b[K")
+            sys.stdout.flush()
+
+
+def _transcribe_samples(model, blocks, latency: int, live: _LiveLine, nemo_compat: bool):
+    stream = model.stream(latency, nemo_compat=nemo_compat)
+    t0 = time.perf_counter()
+    for block in blocks:
+        if stream.accept(block):
+            live.update(stream.text)
+    result = stream.finish()
+    live.clear()
+    return result, time.perf_counter() - t0
+
+
+def cmd_transcribe(args) -> int:
+    from .audio import iter_pcm, read_audio
+
+    model = _load(args, allow_random=args.allow_random)
+    latency = _latency(model, args.latency)
+    live = _LiveLine(sys.stdout.isatty() and not args.json)
+    block = int(model.sample_rate * 0.1)
+    for name in args.audio:
+        if name == "-":
+            if args.raw_sample_rate is None:
+                raise StreamASRError("reading raw PCM from stdin needs --raw-sample-rate")
+            if args.raw_sample_rate != model.sample_rate:
+                from .audio import resample
+
+                rate = args.raw_sample_rate
+                blocks = (resample(b, rate, model.sample_rate) for b in iter_pcm(encoding=args.raw_encoding))
+            else:
+                blocks = iter_pcm(encoding=args.raw_encoding)
+            live.enabled = not args.json  # live text as it arrives, even when piped
+        else:
+            samples = read_audio(name, model.sample_rate)
+            blocks = (samples[i : i + block] for i in range(0, samples.size, block))
+        result, seconds = _transcribe_samples(model, blocks, latency, live, args.nemo_compat)
+        if name == "-":
+            live.clear()
+        if args.json:
+            out = {"audio": name, **result.to_dict(), "processing_s": round(seconds, 4),
+                   "rtfx": round(result.audio_s / seconds, 2) if seconds > 0 else None}
+            print(json.dumps(out, ensure_ascii=False), flush=True)
+        else:
+            prefix = f"{name}: " if len(args.audio) > 1 else ""
+            print(prefix + result.text, flush=True)
+    return 0
+
+
+# ---------------------------------------------------------------- verify
+def cmd_verify(args) -> int:
+    from .audio import read_audio
+    from .convert.nemo_reference import load_nemo_model
+    from .model_store import resolve_model
+    from .runtime import Model
+    from .verify import format_rows, verify
+
+    if not Path(args.nemo).is_file():
+        raise StreamASRError(f"no such .nemo file: {args.nemo}")
+    model = Model.load_dir(Path(args.model_dir) if args.model_dir else resolve_model(args.nemo), threads=args.threads)
+    audio = {a: read_audio(a, model.sample_rate) for a in args.audio}
+    latencies = [int(x) for x in args.latency.split(",")] if args.latency else model.latency_modes
+    for lat in latencies:
+        model.config.encoder.mode(lat)
+    nemo_model = load_nemo_model(args.nemo)
+    rows = verify(nemo_model, model, audio, latencies)
+    print(format_rows(rows))
+    ok = all(r.tokens_identical and r.max_abs_diff <= args.tolerance for r in rows)
+    print(f"\n{'PASS' if ok else 'FAIL'}: tokens identical and encoder max abs diff <= {args.tolerance:g} "
+          f"in {sum(r.tokens_identical and r.max_abs_diff <= args.tolerance for r in rows)}/{len(rows)} runs")
+    return 0 if ok else 1
+
+
+# ---------------------------------------------------------------- main
+BENCHES: dict[str, str] = {}  # bench name -> "module:function(args)" registered by the bench modules
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="streamasr", description="Streaming speech recognition on CPU (ONNX Runtime)")
+    parser.add_argument("--version", action="version", version=f"streamasr {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("convert", help="convert a NeMo checkpoint (.nemo or hub id) into a model directory")
+    p.add_argument("source", nargs="?", help=".nemo file or Hugging Face repo id")
+    p.add_argument("-o", "--output", required=True, help="output model directory")
+    p.add_argument("--random", metavar="NAME", help="build a random-weight model of a named architecture "
+                   "(nemotron-speech-streaming-en-0.6b, tiny-a, tiny-b) for benchmarks and tests")
+    p.add_argument("--quant", default="fp32", help="weight precision (fp32 default)")
+    p.add_argument("--block-size", type=int, default=32)
+    p.add_argument("--accuracy-level", type=int, default=4)
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("transcribe", help="transcribe audio files (or raw PCM on stdin) in streaming mode")
+    p.add_argument("audio", nargs="+", help="audio files (WAV/FLAC/OGG), or - for raw PCM on stdin")
+    _add_model_arg(p)
+    p.add_argument("--latency", type=int, default=None, help="latency mode in ms (default: the model's, 560)")
+    p.add_argument("--json", action="store_true", help="one JSON object per input on stdout")
+    p.add_argument("--raw-sample-rate", type=int, default=None, help="sample rate of raw PCM on stdin")
+    p.add_argument("--raw-encoding", default="s16le", choices=["s16le", "f32le"])
+    p.add_argument("--nemo-compat", action="store_true",
+                   help="reproduce NeMo's loop exactly (drops a final partial chunk shorter than 80 ms of frames)")
+    p.add_argument("--allow-random", action="store_true", help="run a random-weight benchmark model anyway")
+    p.set_defaults(func=cmd_transcribe)
+
+    p = sub.add_parser("verify", help="compare NeMo's own streaming output with streamasr's, per latency mode")
+    p.add_argument("nemo", help="the .nemo checkpoint")
+    p.add_argument("audio", nargs="+")
+    p.add_argument("--model-dir", default=None, help="converted model directory (default: convert into the cache)")
+    p.add_argument("--latency", default=None, help="comma-separated modes in ms (default: all)")
+    p.add_argument("--tolerance", type=float, default=1e-3, help="max abs encoder difference to pass")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=cmd_verify)
+
+    bench = sub.add_parser("bench", help="benchmarks")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    for name, target in BENCHES.items():
+        module_name, func_name = target.split(":")
+        module = __import__(module_name, fromlist=[func_name])
+        getattr(module, func_name)(bench_sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except StreamASRError as exc:
+        print(f"streamasr: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

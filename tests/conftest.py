@@ -1,0 +1,100 @@
+"""Shared fixtures: the workplace's real speech, and random-weight models built once per test session.
+
+`tiny_model_dir` is NeMo-free (our own .nemo writer + converter) and fast; `nemo_model` builds the model
+with NeMo itself (the parity reference) and is only used by the parity tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamasr.audio import read_audio
+
+SPEECH_DIR = Path(os.environ.get("STREAMASR_SPEECH_DIR", Path(__file__).resolve().parents[2] / "shared/data/speech"))
+
+
+@pytest.fixture(scope="session")
+def speech_manifest() -> list[dict]:
+    manifest = SPEECH_DIR / "manifest.jsonl"
+    assert manifest.is_file(), f"shared speech not found at {SPEECH_DIR} (set STREAMASR_SPEECH_DIR)"
+    items = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    for it in items:
+        it["path"] = SPEECH_DIR / it["audio"]
+    return items
+
+
+@pytest.fixture(scope="session")
+def speech(speech_manifest):
+    """name -> float32 samples (16 kHz) for every shared utterance."""
+    return {it["audio"]: read_audio(it["path"]) for it in speech_manifest}
+
+
+@pytest.fixture(scope="session")
+def tuning_speech(speech):
+    return [x[: 16000 * 15] for x in speech.values()]
+
+
+def _build(tmp_root: Path, name: str, tuning_speech, nemo_factory=None) -> tuple[Path, Path, object]:
+    from streamasr.convert.export import convert_checkpoint
+    from streamasr.convert.nemo_file import read_nemo
+    from streamasr.convert.random_model import build_random_nemo
+
+    nemo_path = tmp_root / f"{name}.nemo"
+    report = build_random_nemo(name, nemo_path, speech=tuning_speech, nemo_model_factory=nemo_factory)
+    model_dir = tmp_root / f"{name}-model"
+    convert_checkpoint(read_nemo(nemo_path), model_dir, model_id=f"random:{name}", random_weights=True)
+    return nemo_path, model_dir, report
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, tuning_speech):
+    """(nemo_path, model_dir, speech-like report) of a NeMo-free random tiny-a model."""
+    return _build(tmp_path_factory.mktemp("tiny"), "tiny-a", tuning_speech)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_model) -> Path:
+    return tiny_model[1]
+
+
+@pytest.fixture(scope="session")
+def loaded_tiny(tiny_model_dir):
+    from streamasr.runtime import Model
+
+    return Model.load_dir(tiny_model_dir, threads=1)
+
+
+def nemo_factory(cfg: dict):
+    import torch
+    from nemo.collections.asr.models import EncDecRNNTBPEModel
+    from omegaconf import OmegaConf
+
+    torch.manual_seed(0)
+    return EncDecRNNTBPEModel(cfg=OmegaConf.create(cfg)).eval()
+
+
+@pytest.fixture(scope="session", params=["tiny-a", "tiny-b"])
+def nemo_built(request, tmp_path_factory, tuning_speech):
+    """A random model built, saved and restored by NeMo itself; converted by streamasr."""
+    from streamasr.convert.nemo_reference import load_nemo_model
+    from streamasr.runtime import Model
+
+    nemo_path, model_dir, report = _build(tmp_path_factory.mktemp(request.param), request.param, tuning_speech,
+                                          nemo_factory=nemo_factory)
+    return {"name": request.param, "nemo_path": nemo_path, "nemo": load_nemo_model(nemo_path),
+            "model": Model.load_dir(model_dir, threads=1), "model_dir": model_dir, "report": report}
+
+
+def pieces(samples: np.ndarray, rng: np.random.Generator, max_len: int) -> list[np.ndarray]:
+    """Split samples into random-sized pieces of 1..max_len samples."""
+    out, i = [], 0
+    while i < samples.size:
+        n = int(rng.integers(1, max_len + 1))
+        out.append(samples[i : i + n])
+        i += n
+    return out
