@@ -163,7 +163,13 @@ def cmd_verify(args) -> int:
 
 
 # ---------------------------------------------------------------- main
-BENCHES: dict[str, str] = {}  # bench name -> "module:function(args)" registered by the bench modules
+# bench name -> "module:add_parser"; each add_parser(bench_subparsers) registers its own options
+BENCHES: dict[str, str] = {
+    "serve": "streamasr.serve.bench:add_parser",
+    "wer": "streamasr.bench.wer:add_parser",
+    "speed": "streamasr.bench.speed:add_parser",
+    "fidelity": "streamasr.bench.fidelity:add_parser",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,12 +210,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=cmd_verify)
 
+    from .serve.commands import register as register_serve
+
+    register_serve(sub)  # serve, client, mic
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
-    for name, target in BENCHES.items():
+    import importlib
+
+    for target in BENCHES.values():
         module_name, func_name = target.split(":")
-        module = __import__(module_name, fromlist=[func_name])
-        getattr(module, func_name)(bench_sub)
+        getattr(importlib.import_module(module_name), func_name)(bench_sub)
     return parser
 
 

@@ -73,10 +73,18 @@ class StreamingEncoder:
         """A full chunk is waiting (used by schedulers that batch steps of many streams)."""
         return self._pending.shape[0] >= self._need()
 
-    def push(self, frames: np.ndarray) -> list[EncodedChunk]:
-        """Add mel frames (n, n_mels); encode every chunk that is now complete."""
+    def next_width(self) -> int:
+        """New mel frames the next step consumes (the first step is wider than later ones)."""
+        return self._need()
+
+    def buffer(self, frames: np.ndarray) -> None:
+        """Add mel frames (n, n_mels) without encoding: a batching scheduler runs the steps itself."""
         if frames.size:
             self._pending = np.concatenate((self._pending, frames))
+
+    def push(self, frames: np.ndarray) -> list[EncodedChunk]:
+        """Add mel frames (n, n_mels); encode every chunk that is now complete."""
+        self.buffer(frames)
         out = []
         while self.ready():
             out.append(self._step(self._need()))

@@ -1,0 +1,1 @@
+"""Benchmarks: speed (`streamasr bench speed`) and fidelity of quantized models (`streamasr bench fidelity`)."""

@@ -1,0 +1,208 @@
+"""`streamasr bench serve`: N concurrent real-time WebSocket clients against a server on localhost.
+
+The server runs as a separate process (`streamasr serve`), so its CPU time and peak RSS are its own. For
+each N, N clients replay real speech (shared/data/speech) at real-time pace, starts spread over one chunk,
+with `every_chunk=1` so that the server answers every encoder chunk with a partial carrying `audio_s`
+(the audio that chunk covered). Per-chunk latency = arrival of that partial - the moment the client sent
+the block holding the chunk's last sample. Server RTFx = audio seconds / compute seconds (from /metrics).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import StreamASRError
+
+
+def add_parser(bench_sub):
+    p = bench_sub.add_parser("serve", help="load test: N concurrent real-time WebSocket streams")
+    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--streams", default="1,4,16,32", help="comma-separated concurrent stream counts")
+    p.add_argument("--latency", type=int, default=160)
+    p.add_argument("--duration", type=float, default=20.0, help="seconds of audio per stream and N")
+    p.add_argument("--block-ms", type=int, default=80, help="audio per WebSocket frame")
+    p.add_argument("--threads", type=int, default=None, help="server ONNX Runtime threads")
+    p.add_argument("--max-batch", type=int, default=32)
+    p.add_argument("--speech-dir", default=None, help="folder of WAV files (default: shared/data/speech)")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.set_defaults(func=cmd_bench_serve)
+    return p
+
+
+def _speech(dir_arg) -> list[np.ndarray]:
+    from ..audio import read_audio
+
+    candidates = [Path(dir_arg)] if dir_arg else [Path(os.environ.get("STREAMASR_SPEECH_DIR", "")),
+                                                  Path.cwd().parent / "shared/data/speech",
+                                                  Path(__file__).resolve().parents[4] / "shared/data/speech"]
+    for d in candidates:
+        files = sorted(d.glob("*.wav")) if str(d) and d.is_dir() else []
+        if files:
+            return [read_audio(f) for f in files]
+    raise StreamASRError("no speech WAVs found; pass --speech-dir")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _proc_stats(pid: int) -> tuple[float, int]:
+    """(cpu seconds, peak RSS bytes) of a process, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    peak = 0
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                peak = int(line.split()[1]) * 1024
+    return cpu, peak
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+async def _client(url: str, samples: np.ndarray, block: int, rate: int, start_delay: float, lat: list[float]):
+    import aiohttp
+
+    from .client import encode_pcm
+
+    await asyncio.sleep(start_delay)
+    sends: list[tuple[int, float]] = []  # (samples sent after this block, time)
+    errors = []
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(url, max_msg_size=0) as ws:
+
+            async def receive():
+                j = 0
+                async for msg in ws:
+                    if msg.type != aiohttp.WSMsgType.TEXT:
+                        break
+                    ev = json.loads(msg.data)
+                    if ev["type"] == "partial" and "audio_s" in ev:
+                        need = int(ev["audio_s"] * rate)
+                        while j < len(sends) and sends[j][0] < need:
+                            j += 1
+                        if j < len(sends):
+                            lat.append(time.perf_counter() - sends[j][1])
+                    elif ev["type"] == "error":
+                        errors.append(ev["message"])
+
+            rx = asyncio.create_task(receive())
+            t0 = time.perf_counter()
+            for i in range(0, samples.size, block):
+                wait = t0 + i / rate - time.perf_counter()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                await ws.send_bytes(encode_pcm(samples[i : i + block]))
+                sends.append((min(i + block, samples.size), time.perf_counter()))
+            await ws.send_str(json.dumps({"type": "end"}))
+            await asyncio.wait_for(rx, 120)
+    return errors
+
+
+async def _run_n(url: str, speech: list[np.ndarray], n: int, duration: float, block: int, rate: int,
+                 chunk_s: float):
+    rng = np.random.default_rng(n)
+    lat: list[float] = []
+    tasks = []
+    for k in range(n):
+        x = speech[k % len(speech)]
+        reps = int(np.ceil(duration * rate / x.size))
+        off = int(rng.integers(0, x.size))
+        audio = np.roll(np.tile(x, reps + 1), -off)[: int(duration * rate)]
+        tasks.append(_client(url, audio, block, rate, float(rng.uniform(0, chunk_s)), lat))
+    errors = await asyncio.gather(*tasks)
+    return lat, [e for errs in errors for e in errs]
+
+
+def cmd_bench_serve(args) -> int:
+    from ..model_config import ModelConfig
+
+    try:
+        counts = [int(v) for v in args.streams.split(",") if v.strip()]
+    except ValueError:
+        raise StreamASRError(f"--streams must be comma-separated integers, got {args.streams!r}") from None
+    if not counts or min(counts) < 1:
+        raise StreamASRError("--streams needs positive counts")
+    cfg = ModelConfig.load(Path(args.model))
+    cfg.encoder.mode(args.latency)
+    rate = cfg.frontend.sample_rate
+    speech = _speech(args.speech_dir)
+    port = _free_port()
+    cmd = [sys.executable, "-m", "streamasr.cli", "serve", "--model", str(args.model), "--port", str(port),
+           "--max-streams", str(max(counts)), "--max-batch", str(args.max_batch), "--allow-random",
+           "--idle-timeout-s", "120"]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    rows = []
+    try:
+        for _ in range(600):
+            if server.poll() is not None:
+                raise StreamASRError(f"the server exited: {server.stderr.read().decode()[-500:]}")
+            try:
+                urllib.request.urlopen(base + "/health", timeout=1).read()
+                break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            raise StreamASRError("the server did not come up")
+        print(f"model {cfg.model_id} ({cfg.quantization.get('method')}), latency {args.latency} ms, "
+              f"{args.duration:g} s of audio per stream, {os.cpu_count()} cores", flush=True)
+        print(f"{'N':>4} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'RTFx':>7} {'CPU %':>6} {'RSS MB':>7} "
+              f"{'mean batch':>10} {'errors':>6}", flush=True)
+        url = f"ws://127.0.0.1:{port}/v1/stream?latency={args.latency}&every_chunk=1"
+        for n in counts:
+            m0 = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
+            cpu0, _ = _proc_stats(server.pid)
+            t0 = time.perf_counter()
+            lat, errors = asyncio.run(_run_n(url, speech, n, args.duration, int(rate * args.block_ms / 1000), rate,
+                                             args.latency / 1000))
+            wall = time.perf_counter() - t0
+            cpu1, peak = _proc_stats(server.pid)
+            m1 = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
+            audio = _metric(m1, "streamasr_audio_seconds_total") - _metric(m0, "streamasr_audio_seconds_total")
+            busy = _metric(m1, "streamasr_compute_seconds_total") - _metric(m0, "streamasr_compute_seconds_total")
+            steps = _metric(m1, "streamasr_encoder_batch_size_count") - _metric(m0, "streamasr_encoder_batch_size_count")
+            batched = _metric(m1, "streamasr_encoder_batch_size_sum") - _metric(m0, "streamasr_encoder_batch_size_sum")
+            p50, p95, p99 = (np.percentile(lat, [50, 95, 99]) * 1000) if lat else (float("nan"),) * 3
+            row = {"streams": n, "p50_ms": round(p50, 1), "p95_ms": round(p95, 1), "p99_ms": round(p99, 1),
+                   "rtfx": round(audio / busy, 1) if busy else None, "cpu_percent": round(100 * (cpu1 - cpu0) / wall),
+                   "peak_rss_mb": round(peak / 1e6), "mean_batch": round(batched / steps, 2) if steps else None,
+                   "chunks": len(lat), "errors": len(errors)}
+            rows.append(row)
+            print(f"{n:>4} {row['p50_ms']:>8} {row['p95_ms']:>8} {row['p99_ms']:>8} {row['rtfx'] or 0:>7} "
+                  f"{row['cpu_percent']:>6} {row['peak_rss_mb']:>7} {row['mean_batch'] or 0:>10} {len(errors):>6}",
+                  flush=True)
+            if errors:
+                print(f"     first error: {errors[0]}", flush=True)
+        ok = [r["streams"] for r in rows if r["p95_ms"] < args.latency and not r["errors"]]
+        print(f"largest N with p95 < {args.latency} ms: {max(ok) if ok else 'none'}", flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"model": cfg.model_id, "latency_ms": args.latency,
+                                                   "rows": rows}, indent=2))
+    finally:
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    return 0

@@ -1,0 +1,226 @@
+"""`streamasr serve`, `streamasr client` and `streamasr mic` (registered by cli.build_parser)."""
+
+from __future__ import annotations
+
+import sys
+
+from ..errors import StreamASRError
+
+
+def register(sub) -> None:
+    from ..cli import _add_model_arg
+
+    p = sub.add_parser("serve", help="WebSocket server for live recognition of many concurrent streams")
+    _add_model_arg(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--max-streams", type=int, default=32, help="concurrent streams; more are refused (1013)")
+    p.add_argument("--max-batch", type=int, default=32, help="streams per batched encoder call")
+    p.add_argument("--endpoint-ms", type=int, default=800,
+                   help="trailing silence (blank frames) that ends an utterance; 0 disables (default: %(default)s)")
+    p.add_argument("--max-utterance-s", type=float, default=30.0,
+                   help="cut an utterance after this long; 0: no limit (default: %(default)s)")
+    p.add_argument("--idle-timeout-s", type=float, default=30.0,
+                   help="close a stream that sends nothing this long (default: %(default)s)")
+    p.add_argument("--allow-random", action="store_true", help="serve a random-weight benchmark model anyway")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("client", help="stream a file (or the microphone) to a `streamasr serve` server")
+    p.add_argument("audio", nargs="?", help="audio file (WAV/FLAC/OGG)")
+    p.add_argument("--mic", action="store_true", help="stream the default microphone (needs sounddevice)")
+    p.add_argument("--url", default="ws://127.0.0.1:8080", help="server address (default: %(default)s)")
+    p.add_argument("--latency", type=int, default=None, help="latency mode in ms (default: the server's model's)")
+    p.add_argument("--encoding", default="pcm_s16le", choices=["pcm_s16le", "pcm_f32le"])
+    p.add_argument("--fast", action="store_true", help="send a file as fast as possible instead of in real time")
+    p.add_argument("--json", action="store_true", help="print every server message as a JSON line")
+    p.set_defaults(func=cmd_client)
+
+    p = sub.add_parser("mic", help="transcribe the default microphone live in the terminal")
+    _add_model_arg(p)
+    p.add_argument("--latency", type=int, default=None)
+    p.add_argument("--endpoint-ms", type=int, default=800)
+    p.add_argument("--max-utterance-s", type=float, default=30.0)
+    p.add_argument("--allow-random", action="store_true")
+    p.add_argument("--file", default=None, help=argparse_suppress())
+    p.set_defaults(func=cmd_mic)
+
+
+def argparse_suppress():
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+def _endpoint(args):
+    from .session import EndpointConfig
+
+    if args.endpoint_ms < 0 or args.max_utterance_s < 0:
+        raise StreamASRError("--endpoint-ms and --max-utterance-s must be >= 0")
+    return EndpointConfig(args.endpoint_ms, args.max_utterance_s)
+
+
+def _require_aiohttp():
+    try:
+        import aiohttp  # noqa: F401
+    except ImportError:
+        raise StreamASRError("the server and client need aiohttp: pip install 'aiohttp>=3.9'") from None
+
+
+def cmd_serve(args) -> int:
+    from ..cli import _load
+    from .server import ServerConfig, run_server
+
+    _require_aiohttp()
+    if args.max_streams < 1:
+        raise StreamASRError("--max-streams must be at least 1")
+    if not 0 <= args.port <= 65535:
+        raise StreamASRError(f"--port {args.port} is not a TCP port")
+    model = _load(args, allow_random=args.allow_random)
+    config = ServerConfig(host=args.host, port=args.port, max_streams=args.max_streams, max_batch=args.max_batch,
+                          idle_timeout_s=args.idle_timeout_s, endpoint=_endpoint(args))
+    try:
+        run_server(model, config)
+    except OSError as exc:
+        raise StreamASRError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    return 0
+
+
+class _Printer:
+    """Partial text overwritten in place on a terminal; finals on their own lines."""
+
+    def __init__(self, as_json: bool):
+        from ..cli import _LiveLine
+
+        self.as_json = as_json
+        self.live = _LiveLine(sys.stdout.isatty() and not as_json)
+
+    def __call__(self, event: dict) -> None:
+        import json
+
+        if self.as_json:
+            print(json.dumps(event, ensure_ascii=False), flush=True)
+            return
+        kind = event.get("type")
+        if kind == "partial":
+            self.live.update(event["text"])
+        elif kind == "final":
+            self.live.clear()
+            if event["text"]:
+                print(event["text"], flush=True)
+        elif kind == "error":
+            self.live.clear()
+            print(f"server error: {event.get('message')}", file=sys.stderr, flush=True)
+
+
+def cmd_client(args) -> int:
+    import asyncio
+
+    from .client import file_blocks, stream_blocks, stream_url
+
+    _require_aiohttp()
+    if bool(args.audio) == bool(args.mic):
+        raise StreamASRError("give an audio FILE or --mic")
+    url = stream_url(args.url, args.latency, args.encoding)
+    printer = _Printer(args.json)
+    if args.mic:
+        blocks = _mic_blocks_async()
+        realtime = False
+    else:
+        from ..audio import read_audio
+
+        blocks = file_blocks(read_audio(args.audio, 16000), 100)
+        realtime = not args.fast
+    try:
+        result = asyncio.run(stream_blocks(url, blocks, args.encoding, realtime=realtime, on_event=printer,
+                                           timeout=3600))
+    except OSError as exc:  # aiohttp's connection errors derive from OSError
+        raise StreamASRError(f"cannot reach the server at {args.url}: {exc}") from None
+    except Exception as exc:
+        if type(exc).__module__.startswith("aiohttp"):
+            raise StreamASRError(f"WebSocket error talking to {args.url}: {exc}") from None
+        raise
+    return 1 if result.errors else 0
+
+
+# ---------------------------------------------------------------- microphone
+def _open_mic(sample_rate: int, block: int):
+    """A started sounddevice input stream feeding a queue, or a clear StreamASRError."""
+    import queue
+
+    try:
+        import sounddevice as sd
+    except (ImportError, OSError) as exc:
+        raise StreamASRError(f"microphone input needs the sounddevice package and PortAudio ({exc})") from None
+    try:
+        sd.query_devices(kind="input")
+    except Exception as exc:
+        raise StreamASRError(f"no audio input device found ({exc})") from None
+    q: queue.Queue = queue.Queue()
+    try:
+        stream = sd.InputStream(samplerate=sample_rate, channels=1, dtype="float32", blocksize=block,
+                                callback=lambda data, frames, t, status: q.put(data[:, 0].copy()))
+        stream.start()
+    except Exception as exc:
+        raise StreamASRError(f"cannot open the microphone: {exc}") from None
+    return stream, q
+
+
+async def _mic_blocks_async():
+    import asyncio
+
+    stream, q = _open_mic(16000, 1600)
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            yield await loop.run_in_executor(None, q.get)
+    finally:
+        stream.stop()
+
+
+def run_live(model, latency: int, blocks, endpoint, on_event) -> None:
+    """The `mic` path: blocks of float32 samples -> partial/final events (the server's session logic)."""
+    from .scheduler import Scheduler
+    from .session import StreamSession
+
+    session = StreamSession(model, latency, endpoint, emit=on_event)
+    scheduler = Scheduler(model, max_batch=1)
+    scheduler.add(session)
+    for block in blocks:
+        session.feed(block)
+        while scheduler.step():
+            pass
+    session.request_end()
+    for _ in range(100000):
+        scheduler.step()
+        if session.finished:
+            break
+
+
+def cmd_mic(args) -> int:
+    from ..cli import _latency, _load
+
+    model = _load(args, allow_random=args.allow_random)
+    latency = _latency(model, args.latency)
+    printer = _Printer(False)
+    if args.file:  # hidden: feed a file through exactly the microphone path (tests)
+        from ..audio import read_audio
+
+        x = read_audio(args.file, model.sample_rate)
+        blocks = (x[i : i + 1600] for i in range(0, x.size, 1600))
+        run_live(model, latency, blocks, _endpoint(args), printer)
+        return 0
+    stream, q = _open_mic(model.sample_rate, model.sample_rate // 10)
+    print("listening (Ctrl-C to stop)", file=sys.stderr, flush=True)
+
+    def blocks():
+        try:
+            while True:
+                yield q.get()
+        except KeyboardInterrupt:
+            return
+
+    try:
+        run_live(model, latency, blocks(), _endpoint(args), printer)
+    finally:
+        stream.stop()
+    return 0

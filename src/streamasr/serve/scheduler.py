@@ -1,0 +1,175 @@
+"""The batching scheduler: one thread runs the encoder steps of all live streams, batched.
+
+Each round:
+1. every session's newly arrived audio goes through its own frontend (mel frames are buffered in its
+   encoder, nothing is encoded yet);
+2. the sessions with a complete chunk are grouped by (latency mode, step width, first step or not) -- the
+   items of one encoder call must share the mel width and the `drop` count -- and each group runs as ONE
+   ONNX Runtime call with a batch axis (up to `max_batch` streams): mel inputs are stacked, the per-stream
+   caches (k, v, conv, cache_len) are gathered along the batch axis and the updated caches scattered back;
+3. each stream decodes its own chunk with its own RNN-T decoder state (greedy decoding is per stream);
+4. sessions whose client sent `end` and have no complete chunk left encode their tail and emit the final.
+
+Fairness: a round takes at most ONE chunk per stream, so a stream with a backlog (a client that sends
+faster than real time, or fell behind) advances one chunk per round alongside the others instead of
+stalling them; rounds repeat while any chunk is ready.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from typing import Callable
+
+import numpy as np
+
+from ..runtime.encoder import EncodedChunk, StreamingEncoder
+from .session import StreamSession
+
+log = logging.getLogger("streamasr.serve")
+
+
+def encode_batch(backend, encoders: list[StreamingEncoder]) -> list[EncodedChunk]:
+    """Run the next step of every encoder in one batched call. All must share width and first-step-ness."""
+    width = encoders[0].next_width()
+    inputs = [e.next_input(width) for e in encoders]
+    drop = inputs[0][1]
+    if any(e.next_width() != width for e in encoders) or any(d != drop for _, d in inputs):
+        raise ValueError("encode_batch: steps of different shapes cannot share a call")
+    mel = np.stack([m for m, _ in inputs])
+    if len(encoders) == 1:
+        e = encoders[0]
+        cache_len, k, v, conv = e.cache_len, e.k_cache, e.v_cache, e.conv_cache
+    else:
+        cache_len = np.concatenate([e.cache_len for e in encoders])
+        k = np.concatenate([e.k_cache for e in encoders])
+        v = np.concatenate([e.v_cache for e in encoders])
+        conv = np.concatenate([e.conv_cache for e in encoders])
+    enc, proj, k, v, conv, cache_len = backend.encode(mel, drop, cache_len, k, v, conv)
+    chunks = []
+    for i, e in enumerate(encoders):
+        # copies, so that no stream keeps the whole batch's arrays alive through a view
+        e.k_cache = k[i : i + 1].copy()
+        e.v_cache = v[i : i + 1].copy()
+        e.conv_cache = conv[i : i + 1].copy()
+        e.cache_len = np.asarray(cache_len[i : i + 1]).copy()
+        chunks.append(e.advance(width, enc[i].copy(), proj[i].copy()))
+    return chunks
+
+
+class Scheduler:
+    def __init__(self, model, max_batch: int = 32, on_step: Callable[[int, float], None] | None = None):
+        self.model = model
+        self.max_batch = max(1, int(max_batch))
+        self.on_step = on_step  # (batch size, seconds) after each encoder call, for metrics
+        self._sessions: dict[int, StreamSession] = {}
+        self._cv = threading.Condition()
+        self._work = False
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self.busy_s = 0.0  # time spent computing (frontend + encoder + decoder)
+        self.audio_samples = 0
+
+    # ---------------------------------------------------------------- control (any thread)
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="streamasr-scheduler", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def add(self, session: StreamSession) -> None:
+        with self._cv:
+            self._sessions[session.id] = session
+
+    def remove(self, session: StreamSession) -> None:
+        session.close()
+        self.wake()
+
+    def wake(self) -> None:
+        with self._cv:
+            self._work = True
+            self._cv.notify()
+
+    @property
+    def active(self) -> int:
+        with self._cv:
+            return len(self._sessions)
+
+    # ---------------------------------------------------------------- the rounds
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                if not self._work and not self._stop:
+                    self._cv.wait(timeout=0.5)
+                if self._stop:
+                    return
+                self._work = False
+            try:
+                if self.step():
+                    with self._cv:
+                        self._work = True
+            except Exception:  # a bug must not kill the thread that serves every stream
+                log.exception("scheduler round failed")
+
+    def step(self) -> bool:
+        """One round (see module docstring). Returns True when more work may be ready right away."""
+        with self._cv:
+            for sid in [sid for sid, s in self._sessions.items() if s.closed or s.finished or s.failed]:
+                del self._sessions[sid]  # the session's state is freed with its last reference
+            sessions = list(self._sessions.values())
+        t0 = time.perf_counter()
+        for s in sessions:
+            if s.has_input:
+                self._guard(s, lambda s=s: self._count(s.drain()))
+        groups: dict[tuple, list[StreamSession]] = defaultdict(list)
+        for s in sessions:
+            if not s.failed and s.ready():
+                groups[s.batch_key()].append(s)
+        did = False
+        for members in groups.values():
+            for i in range(0, len(members), self.max_batch):
+                part = members[i : i + self.max_batch]
+                width = part[0].stream.encoder.next_width()
+                t1 = time.perf_counter()
+                try:
+                    chunks = encode_batch(self.model.backend, [s.stream.encoder for s in part])
+                except Exception as exc:
+                    log.exception("batched encoder step failed")
+                    for s in part:
+                        self._fail(s, exc)
+                    continue
+                if self.on_step is not None:
+                    self.on_step(len(part), time.perf_counter() - t1)
+                for s, chunk in zip(part, chunks):
+                    self._guard(s, lambda s=s, chunk=chunk: s.on_chunk(chunk, width))
+                did = True
+        for s in sessions:
+            if s.end_requested and not s.finished and not s.failed and not s.closed and not s.has_input \
+                    and not s.ready():
+                self._guard(s, s.finish)
+        self.busy_s += time.perf_counter() - t0
+        return did or any(s.has_input for s in sessions)
+
+    def _count(self, samples: int) -> None:
+        self.audio_samples += samples
+
+    def _guard(self, s: StreamSession, fn) -> None:
+        try:
+            fn()
+        except Exception as exc:
+            log.exception("stream %s failed", s.id)
+            self._fail(s, exc)
+
+    @staticmethod
+    def _fail(s: StreamSession, exc: Exception) -> None:
+        s.failed = True
+        s.emit({"type": "error", "message": f"internal error in this stream: {exc}", "fatal": True})

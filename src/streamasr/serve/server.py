@@ -1,0 +1,298 @@
+"""The WebSocket server (aiohttp): `/v1/stream`, `/health`, `/metrics` and the browser page at `/`.
+
+Protocol (see README): the client opens `/v1/stream?latency=160&sample_rate=16000&encoding=pcm_s16le`,
+sends binary frames of little-endian PCM (any number of whole samples per frame) and receives JSON text
+messages: `partial`, `final` (at each endpoint and once at the end) and `error`. It ends with the text
+message `{"type": "end"}`; the server answers with the last final and closes with code 1000.
+
+Close codes: 1000 normal end; 1007 a malformed audio frame; 1008 bad query parameters or idle timeout;
+1009 a frame over the size limit; 1011 internal error; 1013 server full (over --max-streams).
+
+The network side runs on an asyncio loop; all recognition runs on the scheduler thread (scheduler.py),
+which batches the encoder steps of every stream. One task per connection sends its events, so a slow
+reader only delays itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from ..audio import pcm_to_float
+from ..errors import AudioError, StreamASRError
+from .metrics import Metrics
+from .scheduler import Scheduler
+from .session import EndpointConfig, StreamSession
+
+log = logging.getLogger("streamasr.serve")
+
+ENCODINGS = {"pcm_s16le": "s16le", "s16le": "s16le", "pcm_f32le": "f32le", "f32le": "f32le"}
+CLOSE_NORMAL, CLOSE_BAD_DATA, CLOSE_POLICY, CLOSE_INTERNAL, CLOSE_TRY_LATER = 1000, 1007, 1008, 1011, 1013
+_DONE = {"type": "_done"}
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_streams: int = 32
+    idle_timeout_s: float = 30.0  # a stream that sends nothing this long is closed
+    max_frame_bytes: int = 1 << 20  # one binary frame at most (1 MiB = 32 s of s16le)
+    max_backlog_s: float = 60.0  # audio waiting to be processed per stream before it is refused
+    max_batch: int = 32
+    endpoint: EndpointConfig = field(default_factory=EndpointConfig)
+
+
+class Server:
+    def __init__(self, model, config: ServerConfig | None = None):
+        self.model = model
+        self.config = config or ServerConfig()
+        self.metrics = Metrics()
+        self.scheduler = Scheduler(model, self.config.max_batch, on_step=self.metrics.observe_step)
+        self.active = 0
+
+    # ---------------------------------------------------------------- app
+    def app(self):
+        from aiohttp import web
+
+        app = web.Application()
+        app.router.add_get("/v1/stream", self.handle_stream)
+        app.router.add_get("/health", self.handle_health)
+        app.router.add_get("/metrics", self.handle_metrics)
+        app.router.add_get("/", self.handle_index)
+        app.on_startup.append(self._on_startup)
+        app.on_cleanup.append(self._on_cleanup)
+        return app
+
+    async def _on_startup(self, app) -> None:
+        self.scheduler.start()
+
+    async def _on_cleanup(self, app) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.scheduler.stop)
+
+    # ---------------------------------------------------------------- plain HTTP
+    async def handle_health(self, request):
+        from aiohttp import web
+
+        return web.json_response({
+            "status": "ok", "model": self.model.config.model_id, "sample_rate": self.model.sample_rate,
+            "latency_modes": self.model.latency_modes, "active_streams": self.active,
+            "max_streams": self.config.max_streams,
+        })
+
+    async def handle_metrics(self, request):
+        from aiohttp import web
+
+        body = self.metrics.render(self.active, self.scheduler.audio_samples / self.model.sample_rate,
+                                   self.scheduler.busy_s)
+        return web.Response(text=body, content_type="text/plain", charset="utf-8",
+                            headers={"X-Prometheus-Format": "0.0.4"})
+
+    async def handle_index(self, request):
+        from aiohttp import web
+
+        from .page import page_html
+
+        return web.Response(text=page_html(self.model.latency_modes, self.model.config.encoder.default_latency_ms),
+                            content_type="text/html", charset="utf-8")
+
+    # ---------------------------------------------------------------- the stream
+    def parse_params(self, query) -> tuple[int, str]:
+        try:
+            latency = int(query.get("latency", self.model.config.encoder.default_latency_ms))
+            rate = int(query.get("sample_rate", self.model.sample_rate))
+        except ValueError as exc:
+            raise StreamASRError(f"latency and sample_rate must be integers ({exc})") from None
+        self.model.config.encoder.mode(latency)  # ModelError naming the supported modes
+        if rate != self.model.sample_rate:
+            raise StreamASRError(f"sample_rate={rate} is not supported: send mono {self.model.sample_rate} Hz audio")
+        encoding = query.get("encoding", "pcm_s16le")
+        if encoding not in ENCODINGS:
+            raise StreamASRError(f"unknown encoding {encoding!r}; use pcm_s16le or pcm_f32le")
+        return latency, ENCODINGS[encoding]
+
+    async def _refuse(self, ws, message: str, code: int) -> None:
+        try:
+            await ws.send_json({"type": "error", "message": message})
+            await ws.close(code=code, message=message[:120].encode())
+        except (ConnectionError, RuntimeError):
+            pass
+
+    async def handle_stream(self, request):
+        from aiohttp import web
+
+        ws = web.WebSocketResponse(max_msg_size=self.config.max_frame_bytes)
+        await ws.prepare(request)
+        try:
+            latency, encoding = self.parse_params(request.query)
+        except StreamASRError as exc:
+            self.metrics.count("streams_rejected")
+            await self._refuse(ws, str(exc), CLOSE_POLICY)
+            return ws
+        if self.active >= self.config.max_streams:
+            self.metrics.count("streams_rejected")
+            await self._refuse(ws, f"server is full ({self.config.max_streams} streams); try again later",
+                               CLOSE_TRY_LATER)
+            return ws
+        self.active += 1
+        self.metrics.count("streams_total")
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        session = StreamSession(self.model, latency, self.config.endpoint,
+                                emit=lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev),
+                                on_latency=self.metrics.observe_latency,
+                                on_done=lambda: loop.call_soon_threadsafe(queue.put_nowait, _DONE))
+        session.every_chunk = request.query.get("every_chunk", "0") in ("1", "true")
+        self.scheduler.add(session)
+        sender = asyncio.create_task(self._send_loop(ws, queue))
+        try:
+            await self._receive_loop(ws, session, encoding, sender)
+        finally:
+            self.scheduler.remove(session)
+            if not sender.done():
+                sender.cancel()
+            self.active -= 1
+        return ws
+
+    async def _send_loop(self, ws, queue: asyncio.Queue) -> None:
+        try:
+            while True:
+                event = await queue.get()
+                if event is _DONE:
+                    await ws.close(code=CLOSE_NORMAL)
+                    return
+                fatal = event.pop("fatal", False)
+                await ws.send_json(event)
+                if fatal:
+                    await ws.close(code=CLOSE_INTERNAL, message=b"internal error")
+                    return
+        except (ConnectionError, RuntimeError, asyncio.CancelledError):
+            return
+
+    async def _receive_loop(self, ws, session: StreamSession, encoding: str, sender: asyncio.Task) -> None:
+        from aiohttp import WSMsgType
+
+        cfg = self.config
+        max_backlog = int(cfg.max_backlog_s * self.model.sample_rate)
+        while True:
+            receive = asyncio.ensure_future(ws.receive())
+            done, _ = await asyncio.wait({receive, sender}, timeout=cfg.idle_timeout_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if sender in done:  # the server closed the stream (fatal error)
+                receive.cancel()
+                return
+            if not done:
+                receive.cancel()
+                self.metrics.count("client_errors")
+                await self._refuse(ws, f"no data for {cfg.idle_timeout_s:g} s; closing the stream", CLOSE_POLICY)
+                return
+            msg = receive.result()
+            if msg.type == WSMsgType.BINARY:
+                if session.end_requested:
+                    continue  # audio after "end" is ignored
+                try:
+                    samples = pcm_to_float(msg.data, encoding)
+                except AudioError as exc:
+                    self.metrics.count("client_errors")
+                    await self._refuse(ws, f"malformed audio frame: {exc}", CLOSE_BAD_DATA)
+                    return
+                if session.backlog_samples() + samples.size > max_backlog:
+                    self.metrics.count("client_errors")
+                    await self._refuse(ws, f"more than {cfg.max_backlog_s:g} s of audio is waiting to be "
+                                           "processed; send audio at most at real-time pace", CLOSE_TRY_LATER)
+                    return
+                if samples.size:
+                    session.feed(samples, time.perf_counter())
+                    self.scheduler.wake()
+            elif msg.type == WSMsgType.TEXT:
+                try:
+                    control = json.loads(msg.data)
+                    kind = control.get("type") if isinstance(control, dict) else None
+                except ValueError:
+                    kind = None
+                if kind == "end":
+                    session.request_end()
+                    self.scheduler.wake()
+                    try:
+                        await asyncio.wait_for(asyncio.shield(sender), timeout=max(cfg.idle_timeout_s, 30.0))
+                    except asyncio.TimeoutError:
+                        await self._refuse(ws, "timed out finishing the stream", CLOSE_INTERNAL)
+                    return
+                await ws.send_json({"type": "error", "message": "unknown text message; the only control message "
+                                    'is {"type": "end"}; send audio as binary frames'})
+            elif msg.type == WSMsgType.ERROR:
+                self.metrics.count("client_errors")
+                exc = ws.exception()
+                await self._refuse(ws, f"bad WebSocket frame: {exc}", CLOSE_BAD_DATA)
+                return
+            else:  # CLOSE / CLOSING / CLOSED: the client went away; its state is dropped
+                return
+
+
+class ServerThread:
+    """Run a server on its own event loop in a background thread (tests, benchmarks, embedding)."""
+
+    def __init__(self, model, config: ServerConfig | None = None):
+        self.server = Server(model, config)
+        self.port: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner = None
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+
+    def start(self, timeout: float = 30.0) -> int:
+        self._thread = threading.Thread(target=self._main, name="streamasr-server", daemon=True)
+        self._thread.start()
+        if not self._started.wait(timeout):
+            raise RuntimeError("server did not start")
+        if self._error:
+            raise self._error
+        return self.port
+
+    def _main(self) -> None:
+        from aiohttp import web
+
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        try:
+            self._runner = web.AppRunner(self.server.app(), handle_signals=False)
+            loop.run_until_complete(self._runner.setup())
+            site = web.TCPSite(self._runner, self.server.config.host, self.server.config.port)
+            loop.run_until_complete(site.start())
+            self.port = site._server.sockets[0].getsockname()[1]
+        except BaseException as exc:  # report to start()
+            self._error = exc
+            self._started.set()
+            return
+        self._started.set()
+        loop.run_forever()
+        loop.run_until_complete(self._runner.cleanup())
+        loop.close()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout)
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def run_server(model, config: ServerConfig) -> None:
+    """Serve until interrupted (the `streamasr serve` command)."""
+    from aiohttp import web
+
+    server = Server(model, config)
+    web.run_app(server.app(), host=config.host, port=config.port, access_log=None,
+                print=lambda msg: print(f"streamasr serve: {msg} (model {model.config.model_id}, "
+                                        f"max {config.max_streams} streams)", flush=True))

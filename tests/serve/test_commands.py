@@ -1,0 +1,77 @@
+"""`streamasr serve` / `client` / `mic` as commands: a real server process and the client against it."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import soundfile as sf
+
+from streamasr.cli import main
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_and_client_commands(serve_model, short_speech, tmp_path, s16_roundtrip):
+    port = _port()
+    proc = subprocess.Popen([sys.executable, "-m", "streamasr.cli", "serve", "--model", str(serve_model.directory),
+                             "--port", str(port), "--threads", "1", "--allow-random", "--endpoint-ms", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for _ in range(150):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read().decode()
+                time.sleep(0.2)
+        wav = tmp_path / "a.wav"
+        sf.write(wav, short_speech[0], 16000, subtype="PCM_16")
+        out = subprocess.run([sys.executable, "-m", "streamasr.cli", "client", str(wav), "--url",
+                              f"ws://127.0.0.1:{port}", "--latency", "160", "--fast", "--json"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        events = [json.loads(l) for l in out.stdout.splitlines()]
+        assert events[-1]["type"] == "final"
+        assert events[-1]["text"] == serve_model.transcribe(s16_roundtrip(short_speech[0]), 160).text.strip()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_client_errors_are_one_line(capsys):
+    assert main(["client", "--url", f"ws://127.0.0.1:{_port()}", "/nonexistent.wav"]) == 2
+    assert "no such file" in capsys.readouterr().err
+    import numpy as np
+
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        wav = os.path.join(d, "x.wav")
+        sf.write(wav, np.zeros(1600, np.float32), 16000)
+        assert main(["client", "--url", f"ws://127.0.0.1:{_port()}", "--fast", wav]) == 2
+        assert "cannot reach the server" in capsys.readouterr().err
+    assert main(["client"]) == 2
+
+
+def test_mic_path_with_a_file_and_without_device(serve_model, short_speech, tmp_path, capsys):
+    wav = tmp_path / "b.wav"
+    sf.write(wav, short_speech[1], 16000)
+    assert main(["mic", "--model", str(serve_model.directory), "--allow-random", "--latency", "160",
+                 "--endpoint-ms", "0", "--file", str(wav)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out and out[-1] == serve_model.transcribe(short_speech[1].astype("float32"), 160).text.strip()
+    # no audio device here (no sounddevice/PortAudio, or no input): one clear line, exit 2
+    rc = main(["mic", "--model", str(serve_model.directory), "--allow-random"])
+    err = capsys.readouterr().err
+    if rc == 2:
+        assert "microphone" in err or "audio input device" in err
