@@ -88,13 +88,3 @@ def nemo_built(request, tmp_path_factory, tuning_speech):
                                           nemo_factory=nemo_factory)
     return {"name": request.param, "nemo_path": nemo_path, "nemo": load_nemo_model(nemo_path),
             "model": Model.load_dir(model_dir, threads=1), "model_dir": model_dir, "report": report}
-
-
-def pieces(samples: np.ndarray, rng: np.random.Generator, max_len: int) -> list[np.ndarray]:
-    """Split samples into random-sized pieces of 1..max_len samples."""
-    out, i = [], 0
-    while i < samples.size:
-        n = int(rng.integers(1, max_len + 1))
-        out.append(samples[i : i + n])
-        i += n
-    return out

@@ -14,7 +14,7 @@ from streamasr.convert.reference_features import nemo_window_and_filterbank, sla
 from streamasr.frontend import StreamingLogMel, log_mel
 from streamasr.model_config import FrontendConfig
 
-from conftest import pieces
+from audio_pieces import pieces
 
 CFG = FrontendConfig()
 NEAR_SILENCE = -14.0
