@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 from .errors import ModelError, OfflineError
@@ -86,10 +87,10 @@ def convert_source(source: str, out_dir: Path) -> Path:
     tmp.mkdir(parents=True)
     try:
         if source.startswith(RANDOM_PREFIX):
-            nemo_path = tmp / "random.nemo"
-            build_random_nemo(source, nemo_path)
-            convert_checkpoint(read_nemo(nemo_path), tmp, model_id=source, random_weights=True)
-            nemo_path.unlink()
+            with tempfile.TemporaryDirectory() as scratch:  # outside the model dir: not part of its size
+                nemo_path = Path(scratch) / "random.nemo"
+                build_random_nemo(source, nemo_path)
+                convert_checkpoint(read_nemo(nemo_path), tmp, model_id=source, random_weights=True)
         else:
             nemo_path = Path(source) if source.endswith(".nemo") else download_nemo(source)
             convert_checkpoint(read_nemo(nemo_path), tmp, model_id=source)

@@ -258,7 +258,6 @@ def make_speech_like(
     state_dict["joint.pred.weight"] = sol[:-1].t().contiguous()
     state_dict["joint.pred.bias"] = sol[-1].contiguous()
     pred = g @ state_dict["joint.pred.weight"].t() + state_dict["joint.pred.bias"]
-    pstd = torch.ones(pred.shape[1])
     # the output layer: label rows with zero mean (the ReLU output's common mode then favours no label)
     # and a blank row proportional to the sum of the hidden activations, so that "blank" means "no label
     # stands out" whatever the recording level; the blank row's scale sets the token rate

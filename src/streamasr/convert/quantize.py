@@ -1,0 +1,302 @@
+"""Weight quantization of a converted model directory's encoder (`streamasr convert --quant Q`).
+
+Only the encoder is quantized: it holds more than 95 % of the weights and all of the per-chunk arithmetic.
+The decoder (LSTM prediction network) and the joint stay fp32. Every linear layer of the encoder, the 1x1
+pointwise convolutions and the subsampling projection included, is a MatMul with a constant weight in our
+export, so every one of them is quantized; MatMuls between two activations (attention scores) are not.
+
+Methods:
+
+- `int8`: the faster of the two int8 forms on the full-size model at 2 threads (see `INT8_DEFAULT`).
+- `int8-nbits`: weight-only 8-bit blocks, ONNX Runtime's `MatMulNBits` (bits=8, round to nearest).
+- `int8-dynamic`: `quantize_dynamic` per-channel QInt8 weights, activations quantized at run time.
+- `int4-rtn`, `int4-hqq`, `int4-kquant`: 4-bit `MatMulNBits` blocks, from ONNX Runtime's
+  `MatMulNBitsQuantizer` with its RTN, HQQ and k-quant algorithms.
+
+fp16 is not offered: ONNX Runtime's CPU provider has no fp16 GEMM on x86 (MLAS implements half-precision
+GEMM only for ARM), so an fp16 graph runs with Cast nodes around fp32 kernels, slower than fp32 and no smaller
+in memory at run time.
+
+The encoder is rewritten in place: the new graph is written into a temporary folder inside the model
+directory and then moved over encoder.onnx (and encoder.onnx.data), so an interrupted run leaves the old one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import ModelError
+from ..model_config import ModelConfig
+
+BLOCK_SIZES = (16, 32, 64, 128)
+ACCURACY_LEVELS = (0, 1, 2, 3, 4)
+#: `int8` is an alias of the faster int8 form. Measured here (2 threads, Zen 4, ORT 1.32) on a stack of 8
+#: Nemotron-sized feed-forward MatMuls (1024x4096, 4096x1024), median ms for T rows (T = new encoder frames per
+#: chunk: 2 at 160 ms, 7 at 560 ms): T=7: dynamic 13.2, MatMulNBits-8 b32 13.6, b128 13.1; T=14: dynamic 13.8,
+#: b32 25.6, b128 16.2; T=70: dynamic 38, b32 91, b128 70 (fp32 39 / 63 / 148). MatMulInteger's int8 GEMM
+#: (VNNI) wins or ties at every size, MatMulNBits bits=8 is never faster, so `int8` means int8-dynamic.
+INT8_DEFAULT = "int8-dynamic"
+FP16_NOTE = ("fp16 is not offered: ONNX Runtime's CPU provider has no x86 fp16 GEMM, so fp16 MatMuls run "
+             "through Cast nodes around fp32 kernels (slower than fp32)")
+
+
+@dataclass(frozen=True)
+class _Method:
+    bits: int
+    algorithm: str  # recorded in config.json
+    kind: str  # "nbits" (MatMulNBits) or "dynamic" (quantize_dynamic)
+    uses_blocks: bool = True
+
+
+METHODS: dict[str, _Method] = {
+    "int8-nbits": _Method(8, "RTN (MatMulNBits default quantizer)", "nbits"),
+    "int8-dynamic": _Method(8, "quantize_dynamic per-channel QInt8", "dynamic", uses_blocks=False),
+    "int4-rtn": _Method(4, "RTN", "nbits"),
+    "int4-hqq": _Method(4, "HQQ", "nbits"),
+    "int4-kquant": _Method(4, "k_quant", "nbits"),
+}
+
+
+def method_names() -> list[str]:
+    return ["int8", *METHODS]
+
+
+def resolve_method(method: str) -> str:
+    """The concrete method behind a name (`int8` is an alias); ModelError for an unknown one."""
+    if method == "int8":
+        return INT8_DEFAULT
+    if method == "fp16":
+        raise ModelError(FP16_NOTE)
+    if method not in METHODS:
+        raise ModelError(f"unknown quantization method {method!r}; choose one of: fp32, {', '.join(method_names())}")
+    return method
+
+
+def _constant_weight_matmuls(model) -> list[str]:
+    """Names of the MatMul nodes whose second input is a constant 2-D initializer (the quantizable ones)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    return [n.name for n in model.graph.node
+            if n.op_type == "MatMul" and n.input[1] in inits and len(inits[n.input[1]].dims) == 2]
+
+
+def _odd_block_matmuls(model, names: list[str], block_size: int) -> list[str]:
+    """MatMuls whose weight has an odd number of blocks along K. ORT's RTN/k-quant path
+    (neural_compressor.rtn_quantize) packs their 4-bit zero points wrongly and fails on them."""
+    import math
+
+    inits = {i.name: i for i in model.graph.initializer}
+    nodes = {n.name: n for n in model.graph.node}
+    return [n for n in names if math.ceil(inits[nodes[n].input[1]].dims[0] / block_size) % 2 == 1]
+
+
+def _nbits_pass(model, algo, bits: int, block_size: int, accuracy_level: int, exclude: list[str]):
+    from onnxruntime.quantization import matmul_nbits_quantizer as mnq
+
+    quantizer = mnq.MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=False,
+                                         accuracy_level=accuracy_level or None, nodes_to_exclude=exclude,
+                                         algo_config=algo)
+    quantizer.process()
+    return quantizer.model.model
+
+
+def _default_config(bits: int, block_size: int, accuracy_level: int):
+    from onnxruntime.quantization import matmul_nbits_quantizer as mnq
+
+    # ORT's own (C++) blockwise round-to-nearest quantizer, asymmetric (a zero point per block)
+    return mnq.DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=False,
+                                            accuracy_level=accuracy_level or None, bits=bits)
+
+
+def _quantize_nbits(model, name: str, block_size: int, accuracy_level: int, exclude: list[str], info: dict):
+    from onnxruntime.quantization import matmul_nbits_quantizer as mnq
+
+    spec = METHODS[name]
+    if name in ("int4-rtn", "int4-kquant"):
+        algo = mnq.RTNWeightOnlyQuantConfig() if name == "int4-rtn" else mnq.KQuantWeightOnlyQuantConfig()
+        candidates = [n for n in _constant_weight_matmuls(model) if n not in exclude]
+        odd = _odd_block_matmuls(model, candidates, block_size)
+        out = _nbits_pass(model, algo, spec.bits, block_size, accuracy_level, exclude + odd)
+        if odd:  # second pass: ORT's default round-to-nearest quantizer handles an odd block count
+            out = _nbits_pass(out, _default_config(spec.bits, block_size, accuracy_level), spec.bits, block_size,
+                              accuracy_level, exclude)
+            info["default_rtn_fallback_nodes"] = odd
+    elif name == "int4-hqq":
+        out = _nbits_pass(model, mnq.HQQWeightOnlyQuantConfig(block_size=block_size, bits=4), spec.bits,
+                          block_size, accuracy_level, exclude)
+    else:
+        out = _nbits_pass(model, _default_config(spec.bits, block_size, accuracy_level), spec.bits, block_size,
+                          accuracy_level, exclude)
+    _set_accuracy_level(out, accuracy_level)  # HQQ does not write it
+    return out
+
+
+def _set_accuracy_level(model, level: int) -> None:
+    import onnx
+
+    for node in model.graph.node:
+        if node.op_type != "MatMulNBits":
+            continue
+        for i, attr in enumerate(node.attribute):
+            if attr.name == "accuracy_level":
+                del node.attribute[i]
+                break
+        if level:
+            node.attribute.append(onnx.helper.make_attribute("accuracy_level", level))
+
+
+def _quantize_dynamic(model, name: str, block_size: int, accuracy_level: int, exclude: list[str], info: dict):
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    tmp = Path(tempfile.mkdtemp(prefix="streamasr-qdyn-"))
+    try:
+        src, dst = tmp / "in.onnx", tmp / "out.onnx"
+        onnx.save_model(model, str(src), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location="in.onnx.data", size_threshold=1024)
+        quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"], per_channel=True,
+                         weight_type=QuantType.QInt8, nodes_to_exclude=exclude, use_external_data_format=True,
+                         extra_options={"MatMulConstBOnly": True})
+        return onnx.load(str(dst))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+_QUANTIZERS: dict[str, Callable] = {"nbits": _quantize_nbits, "dynamic": _quantize_dynamic}
+_QUANT_OPS = {"MatMulNBits", "DynamicQuantizeMatMul", "MatMulInteger"}
+
+
+@contextlib.contextmanager
+def _quiet():
+    """ORT's quantizers log every node at INFO and draw a progress bar on stdout; importing
+    matmul_nbits_quantizer even calls logging.basicConfig(level=INFO) on the root logger. Keep the CLI's
+    output clean and leave the caller's logging configuration as it was."""
+    root = logging.getLogger()
+    root_level, root_handlers = root.level, list(root.handlers)
+    import onnxruntime.quantization.matmul_nbits_quantizer  # noqa: F401  (its import-time basicConfig)
+
+    names = ("", "onnxruntime", "onnxruntime.quantization", "neural_compressor")
+    loggers = [logging.getLogger(n) for n in names]
+    loggers += [logging.getLogger(n) for n in list(logging.root.manager.loggerDict)
+                if n.startswith(("onnxruntime.quantization.", "neural_compressor."))]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+        root.setLevel(root_level)
+        root.handlers[:] = root_handlers
+
+
+def _save_encoder(model, directory: Path, filename: str) -> None:
+    import onnx
+
+    from .export import EXTERNAL_DATA_THRESHOLD
+
+    size = sum(t.ByteSize() for t in model.graph.initializer)
+    if size > EXTERNAL_DATA_THRESHOLD:
+        onnx.save_model(model, str(directory / filename), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=filename + ".data", size_threshold=1024)
+    else:
+        onnx.save_model(model, str(directory / filename))
+
+
+def quantize_model_dir(model_dir, method: str, block_size: int = 32, accuracy_level: int = 4,
+                       exclude: list[str] | None = None) -> dict[str, Any]:
+    """Quantize the encoder of a converted fp32 model directory in place; returns the `quantization` record.
+
+    `exclude`: MatMul node names to keep fp32. Raises ModelError for an unknown method, a bad block size or
+    accuracy level, or a directory that is already quantized.
+    """
+    import onnx
+    import onnxruntime
+
+    from .export import directory_size
+
+    model_dir = Path(model_dir)
+    name = resolve_method(method)
+    spec = METHODS[name]
+    if spec.uses_blocks and block_size not in BLOCK_SIZES:
+        raise ModelError(f"block size {block_size} not supported; choose one of {', '.join(map(str, BLOCK_SIZES))}")
+    if accuracy_level not in ACCURACY_LEVELS:
+        raise ModelError(f"accuracy level {accuracy_level} not supported; choose one of 0 (unset), 1 (fp32), "
+                         "2 (fp16), 3 (bf16), 4 (int8 activations)")
+    cfg = ModelConfig.load(model_dir)
+    current = cfg.quantization.get("method", "fp32")
+    if current != "fp32":
+        raise ModelError(f"{model_dir} is already quantized ({current}); quantize an fp32 conversion")
+    filename = cfg.files.get("encoder", "encoder.onnx")
+    src = model_dir / filename
+    if not src.is_file():
+        raise ModelError(f"model directory {model_dir} is missing {filename}")
+
+    t0 = time.perf_counter()
+    info: dict[str, Any] = {}
+    fp32_size = directory_size(model_dir)
+    model = onnx.load(str(src))
+    candidates = _constant_weight_matmuls(model)
+    exclude = list(exclude or [])
+    unknown = sorted(set(exclude) - set(candidates))
+    if unknown:
+        raise ModelError(f"cannot exclude {', '.join(unknown)}: not a MatMul with a constant weight in {filename}")
+    with _quiet():
+        quantized = _QUANTIZERS[spec.kind](model, name, block_size, accuracy_level, exclude, info)
+    del model
+    remaining = set(_constant_weight_matmuls(quantized))
+    n_quant = sum(n.op_type in _QUANT_OPS for n in quantized.graph.node)
+    if n_quant == 0:
+        raise ModelError(f"{method} quantized no MatMul of {filename}")
+
+    tmp = Path(tempfile.mkdtemp(prefix=".quantize-", dir=model_dir))
+    try:
+        _save_encoder(quantized, tmp, filename)
+        del quantized
+        data = filename + ".data"
+        if (tmp / data).exists():
+            os.replace(tmp / data, model_dir / data)
+        else:
+            (model_dir / data).unlink(missing_ok=True)
+        os.replace(tmp / filename, model_dir / filename)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    record: dict[str, Any] = {
+        "method": method,
+        "resolved_method": name,
+        "bits": spec.bits,
+        "algorithm": spec.algorithm,
+        "operator": "MatMulNBits" if spec.kind == "nbits" else "MatMulInteger (+ DynamicQuantizeLinear)",
+        "block_size": block_size if spec.uses_blocks else None,
+        "accuracy_level": accuracy_level if spec.kind == "nbits" else None,
+        "scope": "encoder (decoder and joint stay fp32)",
+        "matmuls_with_constant_weight": len(candidates),
+        "matmuls_quantized": n_quant,
+        "excluded_nodes": sorted(exclude),
+        "left_fp32": sorted(remaining),
+        "fp32_size_bytes": fp32_size,
+        "onnxruntime_version": onnxruntime.__version__,
+        "onnx_version": onnx.__version__,
+        "seconds": round(time.perf_counter() - t0, 1),
+        **info,
+        "fp16": FP16_NOTE,
+    }
+    new = ModelConfig(**{**cfg.__dict__, "quantization": record})
+    for _ in range(4):  # config.json's own length depends on the size it records: iterate to the fixed point
+        new.save(model_dir)
+        size = directory_size(model_dir)
+        if size == new.size_bytes:
+            break
+        new = ModelConfig(**{**new.__dict__, "size_bytes": size})
+    return record
