@@ -122,6 +122,8 @@ def train_tokenizer(out_dir: Path, vocab_size: int, seed: int = 0) -> Path:
     (out_dir / "tokenizer.model").write_bytes(model.getvalue())
     sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
     (out_dir / "vocab.txt").write_text("".join(sp.id_to_piece(i) + "\n" for i in range(sp.get_piece_size())))
+    (out_dir / "tokenizer.vocab").write_text(
+        "".join(f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(sp.get_piece_size())))
     return out_dir
 
 
@@ -343,9 +345,10 @@ def build_random_nemo(name: str, path: Path, seed: int = 0, speech: list[np.ndar
             model.load_state_dict(sd, strict=True)
             model.save_to(str(path))
         else:
-            cfg = dict(cfg, tokenizer={"dir": None, "type": "bpe", "model_path": "nemo:tokenizer.model",
-                                       "vocab_path": "nemo:vocab.txt"})
-            artifacts = {"tokenizer.model": (tok_dir / "tokenizer.model").read_bytes(),
-                         "vocab.txt": (tok_dir / "vocab.txt").read_bytes()}
+            # the layout NeMo's save_to produces: every tokenizer file an artifact, referenced as nemo:<name>
+            names = ("tokenizer.model", "vocab.txt", "tokenizer.vocab")
+            cfg = dict(cfg, tokenizer={"dir": "tokenizer", "type": "bpe", "model_path": "nemo:tokenizer.model",
+                                       "vocab_path": "nemo:vocab.txt", "spe_tokenizer_vocab": "nemo:tokenizer.vocab"})
+            artifacts = {name: (tok_dir / name).read_bytes() for name in names}
             write_nemo(path, cfg, {k: v.contiguous() for k, v in sd.items()}, artifacts)
     return report
