@@ -184,9 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output model directory")
     p.add_argument("--random", metavar="NAME", help="build a random-weight model of a named architecture "
                    "(nemotron-speech-streaming-en-0.6b, tiny-a, tiny-b) for benchmarks and tests")
-    p.add_argument("--quant", default="fp32", help="weight precision (fp32 default)")
-    p.add_argument("--block-size", type=int, default=32)
-    p.add_argument("--accuracy-level", type=int, default=4)
+    p.add_argument("--quant", default="fp32", help="encoder weight precision: fp32 (default), int8, int8-nbits, "
+                   "int8-dynamic, int4-rtn, int4-hqq, int4-kquant")
+    p.add_argument("--block-size", type=int, default=32, help="MatMulNBits block size: 16, 32, 64 or 128")
+    p.add_argument("--accuracy-level", type=int, default=4, help="MatMulNBits accuracy_level (0-4)")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("transcribe", help="transcribe audio files (or raw PCM on stdin) in streaming mode")
