@@ -19,6 +19,11 @@ FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 
 
+def directory_size(directory: Path) -> int:
+    """Bytes on disk of a model directory's files (what `size_bytes` records)."""
+    return sum(p.stat().st_size for p in Path(directory).iterdir() if p.is_file())
+
+
 @dataclass(frozen=True)
 class FrontendConfig:
     """NeMo's `AudioToMelSpectrogramPreprocessor` settings (the filterbank and window live in frontend.npz)."""

@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from streamasr.bench.fidelity import compare, encoder_error
-from streamasr.convert.export import directory_size
+from streamasr.model_config import directory_size
 from streamasr.convert.quantize import BLOCK_SIZES, method_names, quantize_model_dir
 from streamasr.errors import ModelError
 from streamasr.model_config import ModelConfig

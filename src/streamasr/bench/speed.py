@@ -235,7 +235,7 @@ class _Loaded:
 
 
 def load_model(directory: Path, threads: int) -> _Loaded:
-    from ..convert.export import directory_size
+    from ..model_config import directory_size
     from ..runtime import Model
 
     directory = Path(directory)

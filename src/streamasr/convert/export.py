@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import ModelError
-from ..model_config import ModelConfig
+from ..model_config import ModelConfig, directory_size
 from .architecture import Architecture, parse_architecture
 from .nemo_file import NemoCheckpoint
 from .torch_modules import EncoderStep, Joint, PredictionStep
@@ -94,10 +94,6 @@ def export_joint(arch: Architecture, sd: dict[str, Any], path: Path) -> None:
     dynamic = {"encoded_proj": {0: "batch", 1: "frames"}, "pred_proj": {0: "batch"},
                "best": {0: "batch", 1: "frames"}, "logprob": {0: "batch", 1: "frames"}}
     _export(Joint(arch, sd).eval(), args, path, ["encoded_proj", "pred_proj"], ["best", "logprob"], dynamic)
-
-
-def directory_size(directory: Path) -> int:
-    return sum(p.stat().st_size for p in Path(directory).iterdir() if p.is_file())
 
 
 def convert_checkpoint(ckpt: NemoCheckpoint, out_dir: Path, model_id: str, random_weights: bool = False) -> ModelConfig:

@@ -223,7 +223,7 @@ def quantize_model_dir(model_dir, method: str, block_size: int = 32, accuracy_le
     import onnx
     import onnxruntime
 
-    from .export import directory_size
+    from ..model_config import directory_size
 
     model_dir = Path(model_dir)
     name = resolve_method(method)
