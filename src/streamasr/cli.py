@@ -11,8 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from .errors import StreamASRError
 
 EXIT_USER_ERROR = 2

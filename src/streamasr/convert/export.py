@@ -6,7 +6,6 @@ Layout: encoder.onnx (+ encoder.onnx.data for large models), decoder.onnx, joint
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import warnings

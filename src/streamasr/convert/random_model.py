@@ -232,7 +232,7 @@ def make_speech_like(
     modes = sorted({enc_cfg.latency_modes[0].latency_ms, enc_cfg.default_latency_ms})
     encoded = [ref.encode(x, latency) for x in speech for latency in modes]  # list of (T, D)
     enc_all = torch.cat(encoded)
-    w, b = state_dict["joint.enc.weight"], state_dict["joint.enc.bias"]
+    w = state_dict["joint.enc.weight"]
     proj = enc_all @ w.t()
     std = proj.std(dim=0).clamp_min(1e-6)
     # centre the encoder projection on its variation over time and give it unit scale, so the joint
@@ -259,7 +259,6 @@ def make_speech_like(
     sol = torch.linalg.lstsq(g1, target).solution  # (P+1, J)
     state_dict["joint.pred.weight"] = sol[:-1].t().contiguous()
     state_dict["joint.pred.bias"] = sol[-1].contiguous()
-    pred = g @ state_dict["joint.pred.weight"].t() + state_dict["joint.pred.bias"]
     # the output layer: label rows with zero mean (the ReLU output's common mode then favours no label)
     # and a blank row proportional to the sum of the hidden activations, so that "blank" means "no label
     # stands out" whatever the recording level; the blank row's scale sets the token rate
