@@ -7,14 +7,14 @@ with NeMo itself (the parity reference) and is only used by the parity tests.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from streamasr.audio import read_audio
+from streamasr.shared_speech import find_speech_dir
 
-SPEECH_DIR = Path(os.environ.get("STREAMASR_SPEECH_DIR", Path(__file__).resolve().parents[2] / "shared/data/speech"))
+SPEECH_DIR = find_speech_dir() or Path("shared speech not found")
 
 
 @pytest.fixture(scope="session")

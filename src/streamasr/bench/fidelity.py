@@ -101,15 +101,12 @@ def format_rows(rows: list[FidelityRow], label: str = "") -> str:
 
 
 def shared_speech() -> dict[str, np.ndarray]:
-    from ..audio import read_audio
-    from .speed import default_speech_dir
+    from ..shared_speech import SPEECH_DIR_ENV, find_speech_dir, read_speech
 
-    d = default_speech_dir()
-    manifest = d / "manifest.jsonl"
-    if not manifest.is_file():
-        raise StreamASRError(f"no shared speech at {d} (set STREAMASR_SPEECH_DIR or pass --audio)")
-    items = [json.loads(x) for x in manifest.read_text().splitlines() if x.strip()]
-    return {it["audio"]: read_audio(d / it["audio"]) for it in items}
+    d = find_speech_dir()
+    if d is None:
+        raise StreamASRError(f"no shared speech found (set {SPEECH_DIR_ENV} or pass --audio)")
+    return read_speech(d)
 
 
 def cmd_fidelity(args) -> int:

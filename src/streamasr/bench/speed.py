@@ -35,7 +35,6 @@ import numpy as np
 from ..errors import StreamASRError
 
 DEFAULT_LATENCIES = "80,160,560,1120"
-SPEECH_DIR_ENV = "STREAMASR_SPEECH_DIR"
 
 
 # ---------------------------------------------------------------- memory
@@ -54,26 +53,15 @@ def peak_rss_bytes() -> int:
 
 
 # ---------------------------------------------------------------- audio
-def default_speech_dir() -> Path:
-    env = os.environ.get(SPEECH_DIR_ENV)
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[4] / "shared/data/speech"
-
-
 def speech_audio(seconds: float, sample_rate: int, speech_dir: Path | None = None) -> tuple[np.ndarray, str]:
     """`seconds` of audio: the shared speech utterances concatenated (looped as needed), or, where that
     folder is absent, a synthetic speech-like signal (syllable-rate modulated harmonics and noise)."""
-    from ..audio import read_audio
+    from ..shared_speech import find_speech_dir, read_speech
 
-    speech_dir = speech_dir or default_speech_dir()
+    speech_dir = speech_dir or find_speech_dir()
     n = int(seconds * sample_rate)
-    manifest = speech_dir / "manifest.jsonl"
-    pieces: list[np.ndarray] = []
-    if manifest.is_file():
-        for line in manifest.read_text().splitlines():
-            if line.strip():
-                pieces.append(read_audio(speech_dir / json.loads(line)["audio"], sample_rate))
+    has_manifest = speech_dir is not None and (speech_dir / "manifest.jsonl").is_file()
+    pieces = list(read_speech(speech_dir, sample_rate).values()) if has_manifest else []
     if pieces:
         joined = np.concatenate(pieces)
         reps = -(-n // joined.size)

@@ -300,21 +300,14 @@ def make_speech_like(
 
 
 def shared_speech(max_seconds: float = 15.0) -> list[np.ndarray]:
-    """The workplace's real speech (shared/data/speech) if present, each file capped, for tuning."""
-    import json
-    import os
+    """The workplace's real speech, each file capped, for tuning."""
+    from ..shared_speech import SPEECH_DIR_ENV, find_speech_dir, read_speech
 
-    from ..audio import read_audio
-
-    candidates = [Path(p) for p in [os.environ.get("STREAMASR_SPEECH_DIR")] if p]
-    candidates += [Path(__file__).resolve().parents[4] / "shared/data/speech", Path.cwd().parent / "shared/data/speech"]
-    manifest = next((c / "manifest.jsonl" for c in candidates if (c / "manifest.jsonl").is_file()), None)
-    if manifest is None:
+    directory = find_speech_dir()
+    if directory is None:
         raise FileNotFoundError(
-            "speech for tuning a random model not found; set STREAMASR_SPEECH_DIR to a folder with manifest.jsonl")
-    root = manifest.parent
-    items = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
-    return [read_audio(root / it["audio"])[: int(16000 * max_seconds)] for it in items]
+            f"speech for tuning a random model not found; set {SPEECH_DIR_ENV} to a folder with manifest.jsonl")
+    return list(read_speech(directory, max_seconds=max_seconds).values())
 
 
 def build_random_nemo(name: str, path: Path, seed: int = 0, speech: list[np.ndarray] | None = None,

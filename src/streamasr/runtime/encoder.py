@@ -66,16 +66,13 @@ class StreamingEncoder:
     def steps(self) -> int:
         return self._steps
 
-    def _need(self) -> int:
+    def next_width(self) -> int:
+        """New mel frames the next step consumes (the first step is wider than later ones)."""
         return self.schedule.first_chunk if self._steps == 0 else self.schedule.chunk
 
     def ready(self) -> bool:
         """A full chunk is waiting (used by schedulers that batch steps of many streams)."""
-        return self._pending.shape[0] >= self._need()
-
-    def next_width(self) -> int:
-        """New mel frames the next step consumes (the first step is wider than later ones)."""
-        return self._need()
+        return self._pending.shape[0] >= self.next_width()
 
     def buffer(self, frames: np.ndarray) -> None:
         """Add mel frames (n, n_mels) without encoding: a batching scheduler runs the steps itself."""
@@ -87,7 +84,7 @@ class StreamingEncoder:
         self.buffer(frames)
         out = []
         while self.ready():
-            out.append(self._step(self._need()))
+            out.append(self._step(self.next_width()))
         return out
 
     def finish(self, final_frames: np.ndarray) -> list[EncodedChunk]:

@@ -41,15 +41,17 @@ def add_parser(bench_sub):
 
 def _speech(dir_arg) -> list[np.ndarray]:
     from ..audio import read_audio
+    from ..shared_speech import find_speech_dir, read_speech
 
-    candidates = [Path(dir_arg)] if dir_arg else [Path(os.environ.get("STREAMASR_SPEECH_DIR", "")),
-                                                  Path.cwd().parent / "shared/data/speech",
-                                                  Path(__file__).resolve().parents[4] / "shared/data/speech"]
-    for d in candidates:
-        files = sorted(d.glob("*.wav")) if str(d) and d.is_dir() else []
-        if files:
-            return [read_audio(f) for f in files]
-    raise StreamASRError("no speech WAVs found; pass --speech-dir")
+    if not dir_arg:
+        found = find_speech_dir()
+        if found is not None:
+            return list(read_speech(found).values())
+        raise StreamASRError("no shared speech found; pass --speech-dir")
+    files = sorted(Path(dir_arg).glob("*.wav")) if Path(dir_arg).is_dir() else []
+    if not files:
+        raise StreamASRError(f"no speech WAVs in {dir_arg}")
+    return [read_audio(f) for f in files]
 
 
 def _free_port() -> int:
