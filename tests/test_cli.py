@@ -140,3 +140,29 @@ def test_model_directory_loads_without_torch(tiny_model_dir, speech_manifest):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
     assert proc.returncode == 0, proc.stderr.decode()
     assert int(proc.stdout) > 0
+
+
+def test_raw_pcm_into_a_pipe_is_plain_text(tiny_model_dir, speech_manifest):
+    item = next(it for it in speech_manifest if it["audio"] == "jfk_inaugural_1961.wav")
+    data, rate = sf.read(item["path"], dtype="int16")
+    from_file = run_cli("transcribe", str(item["path"]), "--model", str(tiny_model_dir), "--allow-random")
+    piped = run_cli("transcribe", "-", "--model", str(tiny_model_dir), "--allow-random",
+                    "--raw-sample-rate", str(rate), stdin=data.tobytes())
+    assert piped.returncode == 0, piped.stderr.decode()
+    out = piped.stdout.decode()
+    assert "\r" not in out and "\x1b" not in out
+    assert out == from_file.stdout.decode() and out.strip()
+
+
+def test_stream_resample_is_continuous_across_blocks(speech):
+    from streamasr.audio import resample, stream_resample
+
+    x = speech["jfk_inaugural_1961.wav"][: 16000 * 3]
+    x44 = resample(x, 16000, 44100)
+    whole = resample(x44, 44100, 16000)
+    rng = np.random.default_rng(1)
+    cuts = np.sort(rng.choice(np.arange(1, x44.size), size=60, replace=False))
+    streamed = np.concatenate(list(stream_resample(np.split(x44, cuts), 44100, 16000)))
+    assert abs(streamed.size - whole.size) <= 1
+    n = min(streamed.size, whole.size)
+    assert np.abs(streamed[:n] - whole[:n]).max() < 1e-3

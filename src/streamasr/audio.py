@@ -25,6 +25,22 @@ def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     return soxr.resample(samples.astype(np.float32, copy=False), from_rate, to_rate, quality="HQ").astype(np.float32)
 
 
+def stream_resample(blocks, from_rate: int, to_rate: int):
+    """Resample a stream of float32 blocks continuously (one soxr filter state across block boundaries;
+    resampling each block on its own would put an edge artefact at every boundary)."""
+    if from_rate == to_rate:
+        yield from blocks
+        return
+    if from_rate <= 0:
+        raise AudioError(f"invalid sample rate {from_rate}")
+    import soxr
+
+    resampler = soxr.ResampleStream(from_rate, to_rate, 1, dtype="float32", quality="HQ")
+    for block in blocks:
+        yield resampler.resample_chunk(block.astype(np.float32, copy=False))
+    yield resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+
+
 def to_mono(samples: np.ndarray) -> np.ndarray:
     return samples.mean(axis=1, dtype=np.float64).astype(np.float32) if samples.ndim == 2 else samples
 

@@ -68,26 +68,36 @@ def cmd_convert(args) -> int:
 
 # ---------------------------------------------------------------- transcribe
 class _LiveLine:
-    """Partial text on one terminal line, overwritten in place; a no-op when not on a terminal."""
+    """Text as it arrives: on a terminal one line overwritten in place ("tty"); into a pipe the new text
+    appended as it comes, then a newline ("append"); or nothing ("off")."""
 
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self.shown = False
+    def __init__(self, mode: str):
+        self.mode = mode
+        self.shown = ""
 
     def update(self, text: str) -> None:
-        if self.enabled:
+        if self.mode == "tty":
             import shutil
 
             width = shutil.get_terminal_size((100, 20)).columns - 1
-            tail = text[-width:]
-            sys.stdout.write("\r\x1b[K" + tail)
-            sys.stdout.flush()
-            self.shown = True
+            sys.stdout.write("\r\x1b[K" + text[-width:])
+            self.shown = text
+        elif self.mode == "append" and text.startswith(self.shown):
+            sys.stdout.write(text[len(self.shown) :])
+            self.shown = text
+        sys.stdout.flush()
 
-    def clear(self) -> None:
-        if self.enabled and self.shown:
+    def finish(self, final_text: str) -> bool:
+        """End the live line; True when the final text has been printed by it."""
+        if self.mode == "tty" and self.shown:
             sys.stdout.write("\r\x1b[K")
-            sys.stdout.flush()
+        elif self.mode == "append":
+            rest = final_text[len(self.shown) :] if final_text.startswith(self.shown) else "\n" + final_text
+            sys.stdout.write(rest + "\n")
+        sys.stdout.flush()
+        printed = self.mode == "append"
+        self.shown = ""
+        return printed
 
 
 def _transcribe_samples(model, blocks, latency: int, live: _LiveLine, nemo_compat: bool):
@@ -96,36 +106,29 @@ def _transcribe_samples(model, blocks, latency: int, live: _LiveLine, nemo_compa
     for block in blocks:
         if stream.accept(block):
             live.update(stream.text)
-    result = stream.finish()
-    live.clear()
-    return result, time.perf_counter() - t0
+    return stream.finish(), time.perf_counter() - t0
 
 
 def cmd_transcribe(args) -> int:
-    from .audio import iter_pcm, read_audio
+    from .audio import iter_pcm, read_audio, stream_resample
 
     model = _load(args, allow_random=args.allow_random)
     latency = _latency(model, args.latency)
-    live = _LiveLine(sys.stdout.isatty() and not args.json)
     block = int(model.sample_rate * 0.1)
     for name in args.audio:
         if name == "-":
             if args.raw_sample_rate is None:
                 raise StreamASRError("reading raw PCM from stdin needs --raw-sample-rate")
-            if args.raw_sample_rate != model.sample_rate:
-                from .audio import resample
-
-                rate = args.raw_sample_rate
-                blocks = (resample(b, rate, model.sample_rate) for b in iter_pcm(encoding=args.raw_encoding))
-            else:
-                blocks = iter_pcm(encoding=args.raw_encoding)
-            live.enabled = not args.json  # live text as it arrives, even when piped
+            blocks = stream_resample(iter_pcm(encoding=args.raw_encoding), args.raw_sample_rate, model.sample_rate)
+            # live text as it arrives, also into a pipe (e.g. a captioning process reading our stdout)
+            live = _LiveLine("off" if args.json else "tty" if sys.stdout.isatty() else "append")
         else:
             samples = read_audio(name, model.sample_rate)
             blocks = (samples[i : i + block] for i in range(0, samples.size, block))
+            live = _LiveLine("tty" if sys.stdout.isatty() and not args.json else "off")
         result, seconds = _transcribe_samples(model, blocks, latency, live, args.nemo_compat)
-        if name == "-":
-            live.clear()
+        if live.finish(result.text):
+            continue
         if args.json:
             out = {"audio": name, **result.to_dict(), "processing_s": round(seconds, 4),
                    "rtfx": round(result.audio_s / seconds, 2) if seconds > 0 else None}
