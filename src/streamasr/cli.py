@@ -87,10 +87,17 @@ class _LiveLine:
             self.shown = text
         sys.stdout.flush()
 
-    def finish(self, final_text: str) -> bool:
-        """End the live line; True when the final text has been printed by it."""
+    def clear(self) -> None:
+        """Remove the partial text from a terminal line (before a final is printed in its place)."""
         if self.mode == "tty" and self.shown:
             sys.stdout.write("\r\x1b[K")
+            sys.stdout.flush()
+        self.shown = ""
+
+    def finish(self, final_text: str) -> bool:
+        """End the live line; True when the final text has been printed by it."""
+        if self.mode == "tty":
+            self.clear()
         elif self.mode == "append":
             rest = final_text[len(self.shown) :] if final_text.startswith(self.shown) else "\n" + final_text
             sys.stdout.write(rest + "\n")

@@ -92,7 +92,7 @@ class _Printer:
         from ..cli import _LiveLine
 
         self.as_json = as_json
-        self.live = _LiveLine(sys.stdout.isatty() and not as_json)
+        self.live = _LiveLine("tty" if sys.stdout.isatty() and not as_json else "off")
 
     def __call__(self, event: dict) -> None:
         import json
