@@ -58,7 +58,12 @@ def cmd_convert(args) -> int:
     if args.quant and args.quant != "fp32":
         from .convert.quantize import quantize_model_dir
 
-        quantize_model_dir(out, args.quant, block_size=args.block_size, accuracy_level=args.accuracy_level)
+        quantize_model_dir(out, args.quant, block_size=args.block_size, accuracy_level=args.accuracy_level,
+                           sensitivity=args.sensitivity, mixed_budget=args.mixed_budget)
+    if args.fuse and args.fuse != "none":
+        from .convert.optimize import FUSIONS, optimize_model_dir
+
+        optimize_model_dir(out, set(FUSIONS) if args.fuse == "all" else {f.strip() for f in args.fuse.split(",")})
     cfg = ModelConfig.load(out)
     print(f"converted {source} -> {out} ({cfg.size_bytes / 1e6:.1f} MB, {cfg.quantization.get('method')}, "
           f"latency modes {', '.join(str(m.latency_ms) for m in cfg.encoder.latency_modes)} ms) "
@@ -167,7 +172,70 @@ def cmd_verify(args) -> int:
     ok = all(r.tokens_identical and r.max_abs_diff <= args.tolerance for r in rows)
     print(f"\n{'PASS' if ok else 'FAIL'}: tokens identical and encoder max abs diff <= {args.tolerance:g} "
           f"in {sum(r.tokens_identical and r.max_abs_diff <= args.tolerance for r in rows)}/{len(rows)} runs")
+    if args.quant:
+        _verify_quantized(args, model, audio, latencies)
     return 0 if ok else 1
+
+
+def _verify_quantized(args, model, audio, latencies) -> None:
+    """verify --quant: each variant's token agreement and encoder error against the fp32 conversion."""
+    from .bench.fidelity import compare
+    from .convert.quantize import parse_variant, quantized_copy
+    from .model_config import ModelConfig
+    from .runtime import Model
+
+    head = ["variant", "size MB", "latency", "token agreement vs fp32", "tokens fp32/quant", "identical",
+            "enc max abs", "enc mean rel err", "enc cosine mean", "enc cosine min"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for spec in args.quant.split(","):
+        method, block = parse_variant(spec.strip(), args.block_size)
+        qdir = quantized_copy(model.directory, method, block)
+        qmodel = Model.load_dir(qdir, threads=args.threads)
+        rows = [r for r in compare(model, qmodel, audio, latencies) if r.audio == "ALL" or len(audio) == 1]
+        size = ModelConfig.load(qdir).size_bytes / 1e6
+        for r in rows:
+            lines.append(f"| {spec.strip()} | {size:.0f} | {r.latency_ms} ms | {r.token_agreement:.4f} | "
+                         f"{r.tokens_reference}/{r.tokens_model} | {'yes' if r.identical else 'no'} | {r.max_abs:.3g} | "
+                         f"{r.mean_rel:.4f} | {r.cosine_mean:.5f} | {r.cosine_min:.5f} |")
+    print(f"\nquantized variants against the fp32 conversion {model.directory} "
+          f"({model.config.size_bytes / 1e6:.0f} MB), all audio pooled per latency:\n")
+    print("\n".join(lines))
+
+
+def cmd_analyze_sensitivity(args) -> int:
+    from .audio import read_audio
+    from .convert.sensitivity import analyze, choose_kept, format_report
+
+    if not Path(args.model, "config.json").is_file():
+        raise StreamASRError(f"not a model directory: {args.model}")
+    if args.audio:
+        audio = {a: read_audio(a, 16000) for a in args.audio}
+    else:
+        from .shared_speech import SPEECH_DIR_ENV, find_speech_dir, read_speech
+
+        d = find_speech_dir()
+        if d is None:
+            raise StreamASRError(f"no shared speech found (set {SPEECH_DIR_ENV} or pass --audio)")
+        audio, total = {}, 0.0
+        for name, samples in read_speech(d).items():
+            if total >= args.max_seconds:
+                break
+            audio[name] = samples
+            total += len(samples) / 16000
+    try:
+        from tqdm import tqdm
+
+        def progress(items):
+            return tqdm(items, desc="groups", unit="group", file=sys.stderr)
+    except ImportError:
+        progress = None
+    report = analyze(Path(args.model), audio, args.latency, args.method, args.block_size, args.granularity,
+                     threads=args.threads, progress=progress)
+    print(format_report(report, [g.group for g in choose_kept(report, args.budget)]))
+    if args.output:
+        report.save(Path(args.output))
+        print(f"\nwrote {args.output}")
+    return 0
 
 
 # ---------------------------------------------------------------- main
@@ -177,6 +245,7 @@ BENCHES: dict[str, str] = {
     "wer": "streamasr.bench.wer:add_parser",
     "speed": "streamasr.bench.speed:add_parser",
     "fidelity": "streamasr.bench.fidelity:add_parser",
+    "fusion": "streamasr.bench.fusion:add_parser",
 }
 
 
@@ -193,10 +262,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random", metavar="NAME", help="build a random-weight model of a named architecture "
                    "(nemotron-speech-streaming-en-0.6b, tiny-a, tiny-b) for benchmarks and tests")
     p.add_argument("--quant", default="fp32", help="encoder weight precision: fp32 (default), int8, int8-nbits, "
-                   "int8-dynamic, int4-rtn, int4-hqq, int4-kquant")
+                   "int8-dynamic, int4-rtn, int4-hqq, int4-kquant, int4-mixed")
     p.add_argument("--block-size", type=int, default=32, help="MatMulNBits block size: 16, 32, 64 or 128")
     p.add_argument("--accuracy-level", type=int, default=4, help="MatMulNBits accuracy_level (0-4)")
+    p.add_argument("--sensitivity", default=None, metavar="TABLE.json",
+                   help="int4-mixed: the table from `streamasr analyze-sensitivity` (default: measure it now on "
+                   "the shared speech)")
+    p.add_argument("--mixed-budget", type=float, default=0.1,
+                   help="int4-mixed: fraction of the encoder's weights kept at int8 (default: %(default)s)")
+    p.add_argument("--fuse", default="none", metavar="LIST",
+                   help="offline operator fusions (ORT transformers optimizer): none (default), all, or a comma "
+                        "list such as skip_layer_norm; `streamasr bench fusion` measures each")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("analyze-sensitivity", help="per-layer output error of int4 quantization on real speech",
+                       description="Quantize one layer (or MatMul) of an fp32 model directory at a time, stream "
+                       "real speech through it and rank the layers by the error they cause; the table int4-mixed "
+                       "uses.")
+    p.add_argument("model", help="fp32 model directory")
+    p.add_argument("-o", "--output", default=None, metavar="TABLE.json", help="write the table as JSON")
+    p.add_argument("--method", default="int4-kquant", choices=["int4-kquant", "int4-rtn"])
+    p.add_argument("--block-size", type=int, default=32)
+    p.add_argument("--granularity", default="layer", choices=["layer", "matmul"])
+    p.add_argument("--latency", type=int, default=None, help="latency mode in ms (default: the model's)")
+    p.add_argument("--audio", nargs="+", default=None, help="audio files (default: the shared speech)")
+    p.add_argument("--max-seconds", type=float, default=60.0,
+                   help="use shared-speech utterances up to this many seconds in all (default: %(default)s)")
+    p.add_argument("--budget", type=float, default=0.1, help="mark the groups int4-mixed would keep at this budget")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=cmd_analyze_sensitivity)
 
     p = sub.add_parser("transcribe", help="transcribe audio files (or raw PCM on stdin) in streaming mode")
     p.add_argument("audio", nargs="+", help="audio files (WAV/FLAC/OGG), or - for raw PCM on stdin")
@@ -216,6 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", default=None, help="converted model directory (default: convert into the cache)")
     p.add_argument("--latency", default=None, help="comma-separated modes in ms (default: all)")
     p.add_argument("--tolerance", type=float, default=1e-3, help="max abs encoder difference to pass")
+    p.add_argument("--quant", default=None, metavar="VARIANTS",
+                   help="also show quantized variants against fp32, e.g. int8,int4-kquant,int4-kquant:128,"
+                   "int4-mixed (each made once, beside the fp32 model directory)")
+    p.add_argument("--block-size", type=int, default=32, help="block size of --quant variants without one")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=cmd_verify)
 

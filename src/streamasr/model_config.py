@@ -92,6 +92,7 @@ class ModelConfig:
     files: dict[str, str] = field(default_factory=dict)
     quantization: dict[str, Any] = field(default_factory=lambda: {"method": "fp32"})
     size_bytes: int = 0
+    optimization: dict[str, Any] = field(default_factory=dict)  # offline fusions (convert/optimize.py)
 
     @property
     def frame_seconds(self) -> float:
@@ -120,6 +121,7 @@ class ModelConfig:
             files=dict(d.get("files", {})),
             quantization=dict(d.get("quantization", {})),
             size_bytes=int(d.get("size_bytes", 0)),
+            optimization=dict(d.get("optimization", {})),
         )
 
     @staticmethod

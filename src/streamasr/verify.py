@@ -46,19 +46,28 @@ def token_agreement(reference: list[int], hypothesis: list[int]) -> float:
     return max(0.0, 1.0 - edit_distance(reference, hypothesis) / len(reference))
 
 
-def run_with_encodings(model: Model, samples: np.ndarray, latency_ms: int, nemo_compat: bool = True):
-    """Stream samples through streamasr, also returning each step's encoder output (T, D)."""
+def run_recording(model: Model, samples: np.ndarray, latency_ms: int, nemo_compat: bool = True):
+    """Stream samples through streamasr, also returning each step's encoder output (T, D) and its joint
+    projection (T, J)."""
     stream = model.stream(latency_ms, nemo_compat=nemo_compat)
     encodings: list[np.ndarray] = []
+    projections: list[np.ndarray] = []
     advance = stream.encoder.advance
 
     def recording_advance(width, encoded, encoded_proj):
         encodings.append(np.array(encoded))
+        projections.append(np.array(encoded_proj))
         return advance(width, encoded, encoded_proj)
 
     stream.encoder.advance = recording_advance  # type: ignore[method-assign]
     stream.accept(samples)
-    return stream.finish(), encodings
+    return stream.finish(), encodings, projections
+
+
+def run_with_encodings(model: Model, samples: np.ndarray, latency_ms: int, nemo_compat: bool = True):
+    """Stream samples through streamasr, also returning each step's encoder output (T, D)."""
+    result, encodings, _ = run_recording(model, samples, latency_ms, nemo_compat)
+    return result, encodings
 
 
 def max_chunk_difference(ours: list[np.ndarray], theirs: list[np.ndarray]) -> float:

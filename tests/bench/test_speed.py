@@ -99,3 +99,48 @@ def test_bench_fidelity_cli(tiny_model_dir, int8_dir, speech_manifest, capsys):
     assert 0.99 < cosine < 1.0  # computed: int8 is close to, but not exactly, fp32
     agreement = float(rows[-1].split("|")[5])
     assert 0.0 <= agreement <= 1.0
+
+
+def test_bench_speed_times_nemo_in_the_same_run(tiny_model_dir, tmp_path, capsys):
+    """--nemo random:tiny-a: NeMo builds the same architecture in memory and runs its own streaming loop,
+    interleaved with the ONNX model; the table gets a NeMo row and the ratio lines."""
+    out_json = tmp_path / "speed.json"
+    rc = main(["bench", "speed", "--model", str(tiny_model_dir), "--latency", "160,560", "--seconds", "4",
+               "--threads", "1", "--nemo", "random:tiny-a", "--json", str(out_json)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    rows = json.loads(out_json.read_text())["rows"]
+    nemo = [r for r in rows if r["model"].startswith("NeMo PyTorch")]
+    ours = [r for r in rows if not r["model"].startswith("NeMo PyTorch")]
+    assert [r["latency_ms"] for r in nemo] == [160, 560] and len(ours) == 2
+    for n, o in zip(nemo, ours):
+        # the same chunk schedule as ours (NeMo drops a last chunk shorter than 8 mel frames; we encode it)
+        assert n["rtfx"] > 0 and o["chunks"] - 1 <= n["chunks"] <= o["chunks"]
+        assert n["ratio_rtfx"] == pytest.approx(n["rtfx"] / o["rtfx"])
+    assert "throughput against NeMo's PyTorch streaming, same run:" in out
+    assert "160 ms: NeMo RTFx" in out and "560 ms: NeMo RTFx" in out
+    assert main(["bench", "speed", "--model", str(tiny_model_dir), "--seconds", "1", "--nemo", "random:nope"]) == 2
+
+
+def test_provider_option(tiny_model_dir, capsys):
+    """--provider: a comma list runs the model under each; a provider this onnxruntime lacks is one clear
+    line (OpenVINO needs the onnxruntime-openvino build), never a silent fall back to the CPU provider."""
+    import onnxruntime as ort
+
+    from streamasr.errors import ModelError
+    from streamasr.runtime.backend import encoder_providers
+
+    assert main(["bench", "speed", "--model", str(tiny_model_dir), "--latency", "160", "--seconds", "2",
+                 "--threads", "1", "--provider", "cpu,cpu"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("| 160 ms |") == 2
+    with pytest.raises(ModelError, match="unknown provider"):
+        encoder_providers("tpu")
+    if "OpenVINOExecutionProvider" not in ort.get_available_providers():
+        assert main(["bench", "speed", "--model", str(tiny_model_dir), "--seconds", "1",
+                     "--provider", "openvino"]) == 2
+        assert "onnxruntime-openvino" in capsys.readouterr().err
+    else:
+        assert encoder_providers("openvino", 2)[0] == ("OpenVINOExecutionProvider",
+                                                        {"device_type": "CPU", "precision": "FP32",
+                                                         "num_of_threads": "2"})

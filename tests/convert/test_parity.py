@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from streamasr.convert.nemo_reference import nemo_offline_encoding, nemo_streaming
+from streamasr.model_config import ModelConfig
 from streamasr.verify import max_chunk_difference, run_with_encodings
 
 FILES = ["jfk_inaugural_1961.wav", "ls_2412-153948-0000.wav", "arctic_slt_a0005.wav", "pocketsphinx_goforward.wav"]
@@ -70,8 +71,19 @@ def test_verify_command_reports_pass(nemo_built, speech_manifest, capsys):
 
     audio = [str(it["path"]) for it in speech_manifest if it["audio"] in FILES[2:]]
     code = main(["verify", str(nemo_built["nemo_path"]), *audio, "--model-dir", str(nemo_built["model_dir"]),
-                 "--latency", "160,560"])
+                 "--latency", "160,560", "--quant", "int8,int4-kquant:128"])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "PASS" in out and "| 160 ms |" in out and "| 560 ms |" in out
     assert "NeMo:" in out and "streamasr:" in out
+    # --quant: each variant against the fp32 conversion, side by side, made once beside it
+    table = out.split("quantized variants against the fp32 conversion")[1]
+    rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| int")]
+    assert [(r[0], r[2]) for r in rows] == [("| int8", "160 ms"), ("| int8", "560 ms"),
+                                            ("| int4-kquant:128", "160 ms"), ("| int4-kquant:128", "560 ms")]
+    for r in rows:
+        assert 0 <= float(r[3]) <= 1 and 0 < float(r[7]) < 1 and 0.5 < float(r[8]) < 1  # agreement, rel err, cosine
+    int8_err, int4_err = float(rows[1][7]), float(rows[3][7])
+    assert int8_err < int4_err
+    variant = nemo_built["model_dir"].with_name(nemo_built["model_dir"].name + ".int4-kquant-b128")
+    assert ModelConfig.load(variant).quantization["block_size"] == 128

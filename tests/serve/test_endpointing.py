@@ -79,6 +79,7 @@ def test_pauses_split_into_utterances_at_the_rule(serve_model, speech):
     for a, b in zip(nonempty, nonempty[1:]):
         assert b["start_s"] - a["end_s"] >= endpoint_ms / 1000 - 1e-6
     assert events[-1]["type"] == "final"  # the end of stream always closes with a final (empty here)
+    assert [f["reason"] for f in finals] == ["silence"] * (len(finals) - 1) + ["end"]
 
 
 def test_max_utterance_length_forces_finals(serve_model, short_speech):
@@ -87,6 +88,7 @@ def test_max_utterance_length_forces_finals(serve_model, short_speech):
     _, finals, _ = _run(serve_model, x, EndpointConfig(0, 0.4))
     spoken = [f for f in finals if f["text"]]
     assert len(spoken) >= 2
+    assert {f["reason"] for f in finals[:-1]} == {"max_length"} and finals[-1]["reason"] == "end"
     for f in spoken:
         assert f["end_s"] - f["start_s"] <= 0.4 + 0.25  # the limit, plus a chunk and a frame
     assert "".join(f["text"] for f in finals).replace(" ", "") == ref.text.replace(" ", "")

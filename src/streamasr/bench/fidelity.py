@@ -100,13 +100,13 @@ def format_rows(rows: list[FidelityRow], label: str = "") -> str:
     return "\n".join(lines)
 
 
-def shared_speech() -> dict[str, np.ndarray]:
+def shared_speech(max_seconds: float | None = None) -> dict[str, np.ndarray]:
     from ..shared_speech import SPEECH_DIR_ENV, find_speech_dir, read_speech
 
     d = find_speech_dir()
     if d is None:
         raise StreamASRError(f"no shared speech found (set {SPEECH_DIR_ENV} or pass --audio)")
-    return read_speech(d)
+    return read_speech(d, max_seconds=max_seconds)
 
 
 def cmd_fidelity(args) -> int:
@@ -122,7 +122,8 @@ def cmd_fidelity(args) -> int:
     for lat in latencies:
         reference.config.encoder.mode(lat)
         model.config.encoder.mode(lat)
-    audio = {a: read_audio(a, reference.sample_rate) for a in args.audio} if args.audio else shared_speech()
+    audio = ({a: read_audio(a, reference.sample_rate) for a in args.audio} if args.audio
+             else shared_speech(args.max_seconds))
     rows = compare(reference, model, audio, latencies)
     q = model.config.quantization
     label = q.get("method", "fp32") + (f" b{q['block_size']}" if q.get("block_size") else "")
@@ -143,6 +144,9 @@ def add_parser(bench_sub) -> None:
     p.add_argument("--model", required=True, help="quantized model directory")
     p.add_argument("--reference", required=True, help="the fp32 model directory it was made from")
     p.add_argument("--audio", nargs="+", default=None, help="audio files (default: the shared speech)")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="cap each shared-speech utterance at this many seconds (many short utterances measure "
+                        "token agreement better than a few long ones)")
     p.add_argument("--latency", default=None, help="comma-separated latency modes in ms (default: the model's)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None, metavar="OUT")

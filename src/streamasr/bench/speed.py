@@ -222,19 +222,22 @@ class _Loaded:
     quant: str
 
 
-def load_model(directory: Path, threads: int) -> _Loaded:
+def load_model(directory: Path, threads: int, provider: str = "cpu") -> _Loaded:
     from ..model_config import directory_size
     from ..runtime import Model
+    from ..runtime.backend import encoder_providers
 
     directory = Path(directory)
     rss0 = current_rss_bytes()
     t0 = time.perf_counter()
-    model = Model.load_dir(directory, threads=threads)
+    model = Model.load_dir(directory, threads=threads, providers=encoder_providers(provider, threads))
     load_s = time.perf_counter() - t0
     q = model.config.quantization
     quant = q.get("method", "fp32")
     if q.get("block_size"):
         quant += f" b{q['block_size']}"
+    if provider != "cpu":
+        quant += f" [{provider}]"
     return _Loaded(directory, model, load_s, current_rss_bytes() - rss0, directory_size(directory), quant)
 
 
@@ -242,12 +245,30 @@ def _labels(loaded: list[_Loaded]) -> list[str]:
     names = [d.directory.name or str(d.directory) for d in loaded]
     if len(set(names)) < len(names):
         names = [str(d.directory) for d in loaded]
+    if len(set(names)) < len(names):  # one directory under several providers
+        names = [f"{n} {d.quant.split(' [')[-1].rstrip(']') if ' [' in d.quant else 'cpu'}"
+                 for n, d in zip(names, loaded)]
     return names
 
 
+def _nemo_row(runs: list, latency: int, label: str) -> Row:
+    """A table row for NeMo's PyTorch streaming: throughput only (its loop is not fed block by block)."""
+    rtfx = [r.audio_s / r.processing_s for r in runs]
+    best = sorted(runs, key=lambda r: r.audio_s / r.processing_s)[len(runs) // 2]
+    return Row(model=label, directory="", quantization="fp32 (PyTorch)", latency_ms=latency,
+               rtfx=statistics.median(rtfx), chunk_p50_ms=None, chunk_p95_ms=None, chunk_max_ms=None,
+               encoder_ms_per_chunk=1e3 * best.processing_s / max(best.steps, 1), decoder_ms_per_chunk=None,
+               first_partial_ms=None, final_ms=None, chunks=best.steps, tokens=best.tokens, audio_s=best.audio_s,
+               processing_s=best.processing_s, load_s=None, size_bytes=0, load_rss_bytes=0,
+               stream_peak_rss_bytes=peak_rss_bytes(), rounds=len(runs), rtfx_rounds=[round(x, 3) for x in rtfx])
+
+
 def run_bench(directories: list[Path], latencies: list[int], threads: int, samples: np.ndarray,
-              block_ms: float = 20.0, warmup_s: float = 3.0, repeats: int = 1, progress=None) -> list[Row]:
-    loaded = [load_model(d, threads) for d in directories]
+              block_ms: float = 20.0, warmup_s: float = 3.0, repeats: int = 1, progress=None,
+              nemo=None, nemo_label: str = "NeMo PyTorch", providers: tuple[str, ...] = ("cpu",)) -> list[Row]:
+    """Rows per latency: every directory under every provider, then (with `nemo`, a loaded NeMo model)
+    NeMo's own streaming, all interleaved round by round."""
+    loaded = [load_model(d, threads, p) for d in directories for p in providers]
     labels = _labels(loaded)
     for lm in loaded:
         for lat in latencies:
@@ -256,11 +277,17 @@ def run_bench(directories: list[Path], latencies: list[int], threads: int, sampl
     block = max(1, int(sr * block_ms / 1000))
     warm = samples[: int(sr * warmup_s)]
     runs: dict[tuple[int, int], list[RunStats]] = {}
-    total = len(latencies) * len(loaded) * repeats
+    total = len(latencies) * (len(loaded) + (nemo is not None)) * repeats
     done = 0
+    nemo_runs: dict[int, list] = {}
     for lat in latencies:
+        right_context = loaded[0].model.config.encoder.mode(lat).right_context
         for i, lm in enumerate(loaded):  # warm-up: first runs allocate arenas and tune kernels
             stream_once(lm.model, warm, lat, block)
+        if nemo is not None:
+            from .nemo_baseline import nemo_once
+
+            nemo_once(nemo, warm, right_context, sr)
         for _ in range(repeats):
             for i, lm in enumerate(loaded):  # interleaved: every model once per round
                 stats = stream_once(lm.model, samples, lat, block)
@@ -268,6 +295,12 @@ def run_bench(directories: list[Path], latencies: list[int], threads: int, sampl
                 done += 1
                 if progress:
                     progress(done, total, f"{labels[i]} {lat} ms: RTFx {stats.audio_s / stats.processing_s:.2f}")
+            if nemo is not None:
+                run = nemo_once(nemo, samples, right_context, sr)
+                nemo_runs.setdefault(lat, []).append(run)
+                done += 1
+                if progress:
+                    progress(done, total, f"{nemo_label} {lat} ms: RTFx {run.audio_s / run.processing_s:.2f}")
     rows = []
     for lat in latencies:
         first = None
@@ -279,7 +312,24 @@ def run_bench(directories: list[Path], latencies: list[int], threads: int, sampl
             row.ratio_chunk_p50 = row.chunk_p50_ms / first.chunk_p50_ms if first.chunk_p50_ms else None
             row.ratio_size = row.size_bytes / first.size_bytes if first.size_bytes else None
             rows.append(row)
+        if nemo is not None:
+            row = _nemo_row(nemo_runs[lat], lat, nemo_label)
+            row.ratio_rtfx = row.rtfx / first.rtfx if first.rtfx else None
+            rows.append(row)
     return rows
+
+
+def format_nemo_ratios(rows: list[Row], nemo_label: str) -> str:
+    """Each model's throughput as a multiple of NeMo's, per latency (both from the same run)."""
+    lines = []
+    for lat in sorted({r.latency_ms for r in rows}):
+        at = [r for r in rows if r.latency_ms == lat]
+        nemo = next((r for r in at if r.model == nemo_label), None)
+        if nemo is None or not nemo.rtfx:
+            continue
+        parts = [f"{r.model} ({r.quantization}) {r.rtfx / nemo.rtfx:.1f}x" for r in at if r is not nemo]
+        lines.append(f"{lat} ms: NeMo RTFx {nemo.rtfx:.2f}; " + "; ".join(parts))
+    return "throughput against NeMo's PyTorch streaming, same run:\n" + "\n".join(lines)
 
 
 def profile_encoder(directory: Path, latency_ms: int, threads: int, samples: np.ndarray, out_dir: Path,
@@ -381,13 +431,24 @@ def cmd_speed(args) -> int:
     else:
         samples, source = speech_audio(args.seconds, sr)
     t0 = time.perf_counter()
+    nemo = None
+    if args.nemo:
+        from .nemo_baseline import load_nemo_baseline
+
+        t_nemo = time.perf_counter()
+        nemo = load_nemo_baseline(args.nemo, args.threads)
+        print(f"NeMo baseline {args.nemo} ready in {time.perf_counter() - t_nemo:.0f} s", file=sys.stderr)
+    nemo_label = f"NeMo PyTorch ({args.nemo})" if args.nemo else "NeMo PyTorch"
     rows = run_bench(dirs, latencies, args.threads, samples, block_ms=args.block_ms, warmup_s=args.warmup,
-                     repeats=args.repeats, progress=_progress)
+                     repeats=args.repeats, progress=_progress, nemo=nemo, nemo_label=nemo_label,
+                     providers=tuple(p.strip() for p in args.provider.split(",")))
     header = (f"streamasr bench speed: {samples.size / sr:.1f} s of {source}, {args.threads} threads, "
               f"{args.block_ms:g} ms blocks, {args.repeats} round(s), onnxruntime {onnxruntime.__version__}, "
               f"{os.cpu_count()} CPUs")
     print(header + "\n")
-    print(format_table(rows, compare=len(dirs) > 1))
+    print(format_table(rows, compare=len(rows) > len(latencies)))
+    if nemo is not None:
+        print("\n" + format_nemo_ratios(rows, nemo_label))
     print(f"\nprocess peak RSS {peak_rss_bytes() / 1e6:.0f} MB; bench took {time.perf_counter() - t0:.0f} s")
     profiles = {}
     if args.profile:
@@ -419,6 +480,12 @@ def add_parser(bench_sub) -> None:
     p.add_argument("--block-ms", type=float, default=20.0, help="audio per accept() call (default: %(default)s)")
     p.add_argument("--warmup", type=float, default=3.0, help="seconds of audio in the warm-up stream (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=1, help="interleaved rounds; the median is reported (default: %(default)s)")
+    p.add_argument("--provider", default="cpu", metavar="LIST",
+                   help="encoder execution provider(s): cpu (default), openvino (needs onnxruntime-openvino); "
+                        "a comma list runs every model under each, interleaved (e.g. cpu,openvino)")
+    p.add_argument("--nemo", default=None, metavar="SOURCE",
+                   help="also time NeMo's own PyTorch streaming in the same run: a .nemo file, hub id, or random:NAME "
+                        "(that architecture built in memory with speech-like random weights); needs streamasr[verify]")
     p.add_argument("--json", default=None, metavar="OUT", help="also write the results as JSON")
     p.add_argument("--profile", default=None, metavar="DIR",
                    help="afterwards, profile each model's encoder with ONNX Runtime's profiler (one extra run per "

@@ -12,6 +12,9 @@ Methods:
 - `int8-dynamic`: `quantize_dynamic` per-channel QInt8 weights, activations quantized at run time.
 - `int4-rtn`, `int4-hqq`, `int4-kquant`: 4-bit `MatMulNBits` blocks, from ONNX Runtime's
   `MatMulNBitsQuantizer` with its RTN, HQQ and k-quant algorithms.
+- `int4-mixed`: int4 k-quant, except the groups (layers, or single MatMuls) that a measured sensitivity
+  analysis on real speech ranks most harmful to quantize (`sensitivity.py`), kept at int8 (int8-dynamic)
+  within a budget given as a fraction of the encoder's weights.
 
 fp16 is not offered: ONNX Runtime's CPU provider has no fp16 GEMM on x86 (MLAS implements half-precision
 GEMM only for ARM), so an fp16 graph runs with Cast nodes around fp32 kernels, slower than fp32 and no smaller
@@ -63,7 +66,12 @@ METHODS: dict[str, _Method] = {
     "int4-rtn": _Method(4, "RTN", "nbits"),
     "int4-hqq": _Method(4, "HQQ", "nbits"),
     "int4-kquant": _Method(4, "k_quant", "nbits"),
+    "int4-mixed": _Method(4, "k_quant, most sensitive groups int8 (quantize_dynamic per-channel QInt8)", "mixed"),
 }
+#: default share of the encoder's weight elements that int4-mixed keeps at int8
+MIXED_BUDGET = 0.1
+#: audio seconds the analysis behind int4-mixed streams when it is not given a sensitivity table
+MIXED_ANALYSIS_SECONDS = 60.0
 
 
 def method_names() -> list[str]:
@@ -170,7 +178,17 @@ def _quantize_dynamic(model, name: str, block_size: int, accuracy_level: int, ex
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-_QUANTIZERS: dict[str, Callable] = {"nbits": _quantize_nbits, "dynamic": _quantize_dynamic}
+def _quantize_mixed(model, name: str, block_size: int, accuracy_level: int, exclude: list[str], info: dict):
+    """int8 for `info["int8_nodes"]` first (quantize_dynamic's shape inference cannot read MatMulNBits), then
+    int4 k-quant for every other MatMul but the fp32-excluded ones."""
+    keep = set(info["int8_nodes"])
+    if keep:
+        others = [n for n in _constant_weight_matmuls(model) if n not in keep]
+        model = _quantize_dynamic(model, "int8-dynamic", block_size, accuracy_level, others, info)
+    return _quantize_nbits(model, "int4-kquant", block_size, accuracy_level, exclude, info)
+
+
+_QUANTIZERS: dict[str, Callable] = {"nbits": _quantize_nbits, "dynamic": _quantize_dynamic, "mixed": _quantize_mixed}
 _QUANT_OPS = {"MatMulNBits", "DynamicQuantizeMatMul", "MatMulInteger"}
 
 
@@ -213,12 +231,57 @@ def _save_encoder(model, directory: Path, filename: str) -> None:
         onnx.save_model(model, str(directory / filename))
 
 
+def _mixed_selection(model_dir: Path, candidates: list[str], block_size: int, sensitivity, budget: float,
+                      threads: int | None) -> tuple[list[str], dict[str, Any]]:
+    """The MatMuls int4-mixed keeps at int8, from a sensitivity table (a path or report; measured now on the
+    shared speech when None), and the record of that choice."""
+    from .sensitivity import SensitivityReport, analyze, choose_kept
+
+    if sensitivity is None:
+        from ..shared_speech import SPEECH_DIR_ENV, find_speech_dir, read_speech
+
+        speech = find_speech_dir()
+        if speech is None:
+            raise ModelError(f"int4-mixed measures per-layer sensitivity on real speech: none found (set "
+                             f"{SPEECH_DIR_ENV}) and no --sensitivity table given")
+        audio, total = {}, 0.0
+        for name, samples in read_speech(speech).items():
+            if total >= MIXED_ANALYSIS_SECONDS:
+                break
+            audio[name] = samples
+            total += len(samples) / 16000
+        report = analyze(model_dir, audio, method="int4-kquant", block_size=block_size, threads=threads)
+        source = f"measured during conversion on {len(audio)} utterances of {speech}"
+    elif isinstance(sensitivity, SensitivityReport):
+        report, source = sensitivity, "given report"
+    else:
+        report, source = SensitivityReport.load(Path(sensitivity)), str(sensitivity)
+    if report.method != "int4-kquant" or report.block_size != block_size:
+        raise ModelError(f"the sensitivity table measured {report.method} block {report.block_size}; int4-mixed "
+                         f"here is int4-kquant block {block_size}: analyze with the same settings")
+    missing = sorted({m for g in report.groups for m in g.matmuls} - set(candidates))
+    if missing:
+        raise ModelError(f"the sensitivity table names MatMuls this encoder lacks ({', '.join(missing[:3])}...): "
+                         "it was measured on another model")
+    kept = choose_kept(report, budget)
+    record = {"budget": budget, "kept_precision": INT8_DEFAULT, "sensitivity_source": source,
+              "granularity": report.granularity, "ranked_by": "joint-input mean relative error, one group int4",
+              "kept_groups": [{"group": g.group, "rank": g.rank, "params": g.params, "joint_rel": g.joint_rel}
+                              for g in kept],
+              "kept_params": sum(g.params for g in kept), "total_params": sum(g.params for g in report.groups)}
+    return [m for g in kept for m in g.matmuls], record
+
+
 def quantize_model_dir(model_dir, method: str, block_size: int = 32, accuracy_level: int = 4,
-                       exclude: list[str] | None = None) -> dict[str, Any]:
+                       exclude: list[str] | None = None, sensitivity=None, mixed_budget: float = MIXED_BUDGET,
+                       threads: int | None = None) -> dict[str, Any]:
     """Quantize the encoder of a converted fp32 model directory in place; returns the `quantization` record.
 
-    `exclude`: MatMul node names to keep fp32. Raises ModelError for an unknown method, a bad block size or
-    accuracy level, or a directory that is already quantized.
+    `exclude`: MatMul node names to keep fp32. `sensitivity` (int4-mixed only): a `SensitivityReport` or the
+    path of its JSON (`streamasr analyze-sensitivity`); None measures it now on the shared speech.
+    `mixed_budget`: the fraction of the encoder's weight elements int4-mixed may keep at int8.
+    Raises ModelError for an unknown method, a bad block size or accuracy level, or a directory that is
+    already quantized.
     """
     import onnx
     import onnxruntime
@@ -251,6 +314,9 @@ def quantize_model_dir(model_dir, method: str, block_size: int = 32, accuracy_le
     unknown = sorted(set(exclude) - set(candidates))
     if unknown:
         raise ModelError(f"cannot exclude {', '.join(unknown)}: not a MatMul with a constant weight in {filename}")
+    if spec.kind == "mixed":
+        keep, info["mixed"] = _mixed_selection(model_dir, candidates, block_size, sensitivity, mixed_budget, threads)
+        info["int8_nodes"] = sorted(set(keep) - set(exclude))
     with _quiet():
         quantized = _QUANTIZERS[spec.kind](model, name, block_size, accuracy_level, exclude, info)
     del model
@@ -277,9 +343,10 @@ def quantize_model_dir(model_dir, method: str, block_size: int = 32, accuracy_le
         "resolved_method": name,
         "bits": spec.bits,
         "algorithm": spec.algorithm,
-        "operator": "MatMulNBits" if spec.kind == "nbits" else "MatMulInteger (+ DynamicQuantizeLinear)",
+        "operator": {"nbits": "MatMulNBits", "dynamic": "MatMulInteger (+ DynamicQuantizeLinear)",
+                     "mixed": "MatMulNBits; MatMulInteger for int8_nodes"}[spec.kind],
         "block_size": block_size if spec.uses_blocks else None,
-        "accuracy_level": accuracy_level if spec.kind == "nbits" else None,
+        "accuracy_level": accuracy_level if spec.kind != "dynamic" else None,
         "scope": "encoder (decoder and joint stay fp32)",
         "matmuls_with_constant_weight": len(candidates),
         "matmuls_quantized": n_quant,
@@ -300,3 +367,40 @@ def quantize_model_dir(model_dir, method: str, block_size: int = 32, accuracy_le
             break
         new = ModelConfig(**{**new.__dict__, "size_bytes": size})
     return record
+
+
+def parse_variant(spec: str, default_block: int = 32) -> tuple[str, int]:
+    """`int4-kquant` or `int4-kquant:128` -> (method, block size)."""
+    method, _, block = spec.partition(":")
+    try:
+        block_size = int(block) if block else default_block
+    except ValueError:
+        raise ModelError(f"bad quantization variant {spec!r}: write METHOD or METHOD:BLOCK (e.g. int4-kquant:128)")
+    resolve_method(method)
+    return method, block_size
+
+
+def quantized_copy(fp32_dir, method: str, block_size: int = 32, accuracy_level: int = 4, dest=None,
+                   **options) -> Path:
+    """A quantized copy of an fp32 model directory, made once: `dest` (default: a sibling named after the
+    variant) is reused when its config.json records the same variant. `options` go to `quantize_model_dir`."""
+    fp32_dir = Path(fp32_dir)
+    name = resolve_method(method)
+    suffix = name + (f"-b{block_size}" if METHODS[name].uses_blocks else "")
+    dest = Path(dest) if dest else fp32_dir.with_name(f"{fp32_dir.name}.{suffix}")
+    if (dest / "config.json").is_file():
+        q = ModelConfig.load(dest).quantization
+        if q.get("resolved_method") == name and q.get("block_size") in (None, block_size) \
+                and q.get("accuracy_level") in (None, accuracy_level):
+            return dest
+        raise ModelError(f"{dest} exists and holds another variant ({q.get('method', 'fp32')}); remove it")
+    tmp = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(fp32_dir, tmp)
+    try:
+        quantize_model_dir(tmp, method, block_size=block_size, accuracy_level=accuracy_level, **options)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    os.replace(tmp, dest)
+    return dest

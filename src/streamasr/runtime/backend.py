@@ -51,9 +51,34 @@ def session_options(threads: int | None = None):
     return opts
 
 
+#: short names for `--provider`; the default CPU provider is always the fallback
+PROVIDERS = {"cpu": "CPUExecutionProvider", "openvino": "OpenVINOExecutionProvider"}
+
+
+def encoder_providers(name: str = "cpu", threads: int | None = None) -> list:
+    """The ONNX Runtime provider list for the encoder: `cpu`, or `openvino` (the OpenVINO execution
+    provider of the `onnxruntime-openvino` package, on the CPU device, with the CPU provider behind it for
+    any node it does not take). A clear error where this onnxruntime build lacks it."""
+    import onnxruntime as ort
+
+    if name not in PROVIDERS:
+        raise ModelError(f"unknown provider {name!r}; choose one of {', '.join(PROVIDERS)}")
+    full = PROVIDERS[name]
+    if full not in ort.get_available_providers():
+        raise ModelError(f"this onnxruntime ({ort.__version__}) has no {full}; for OpenVINO install "
+                         "`onnxruntime-openvino` in place of `onnxruntime` (x86 only)")
+    if name == "openvino":
+        options = {"device_type": "CPU", "precision": "FP32"}  # explicit: OpenVINO's CPU default here is bf16
+        if threads:
+            options["num_of_threads"] = str(threads)
+        return [(full, options), "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
 class OrtBackend:
     """Runs the model directory's ONNX graphs. Sessions are shared by every stream of a loaded model
-    (ORT's `run` is thread-safe); each stream keeps its own state."""
+    (ORT's `run` is thread-safe); each stream keeps its own state. `providers` applies to the encoder; the
+    small decoder and joint graphs always run on the CPU provider, where a call costs microseconds."""
 
     def __init__(self, directory: Path, files: dict[str, str], threads: int | None = None,
                  providers: list[str] | None = None):
@@ -68,9 +93,16 @@ class OrtBackend:
             # the small decoder/joint graphs run fastest single-threaded (no pool hand-off per call)
             opts = session_options(threads if name == "encoder" else 1)
             try:
-                self.sessions[name] = ort.InferenceSession(str(path), sess_options=opts, providers=self.providers)
+                providers = self.providers if name == "encoder" else ["CPUExecutionProvider"]
+                # no silent fallback: a provider that fails must not quietly become the CPU provider
+                session = ort.InferenceSession(str(path), sess_options=opts, providers=providers, enable_fallback=0)
             except Exception as exc:  # onnxruntime raises its own exception types
                 raise ModelError(f"cannot load {path}: {exc}") from exc
+            wanted = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
+            if wanted not in session.get_providers():  # ORT drops a provider with bad options, logging only
+                raise ModelError(f"{wanted} could not be created for {path.name} (the session has "
+                                 f"{session.get_providers()}); see onnxruntime's error log above")
+            self.sessions[name] = session
 
     def encode(self, mel, drop, cache_len, k_cache, v_cache, conv_cache) -> EncoderOut:
         out = self.sessions["encoder"].run(None, {

@@ -3,11 +3,13 @@
 Protocol (`streamasr serve`, default ws://127.0.0.1:8080):
 
     GET /v1/stream?latency=160&sample_rate=16000&encoding=pcm_s16le      (WebSocket; also pcm_f32le)
+                      optional &vad=silero|off: Silero VAD endpointing for this stream (session.py)
     client -> server  binary frames: little-endian mono PCM, any number of whole samples per frame
                       text {"type": "end"}: no more audio; the server sends the last final and closes (1000)
     server -> client  {"type": "partial", "text": ..., "audio_s": ...}   the current utterance, when it changes
-                      {"type": "final", "text", "start_s", "end_s", "words": [{"word", "start_s", "end_s",
-                       "confidence"}]}   at each endpoint and once at the end of the stream
+                      {"type": "final", "text", "start_s", "end_s", "reason", "words": [{"word", "start_s",
+                       "end_s", "confidence"}]}   at each endpoint and once at the end of the stream; reason:
+                       silence | max_length | vad | end
                       {"type": "error", "message": ...}
     GET /health (JSON), GET /metrics (Prometheus text), GET / (browser microphone page)
 

@@ -16,10 +16,7 @@ def register(sub) -> None:
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--max-streams", type=int, default=32, help="concurrent streams; more are refused (1013)")
     p.add_argument("--max-batch", type=int, default=32, help="streams per batched encoder call")
-    p.add_argument("--endpoint-ms", type=int, default=800,
-                   help="trailing silence (blank frames) that ends an utterance; 0 disables (default: %(default)s)")
-    p.add_argument("--max-utterance-s", type=float, default=30.0,
-                   help="cut an utterance after this long; 0: no limit (default: %(default)s)")
+    _add_endpoint_args(p)
     p.add_argument("--idle-timeout-s", type=float, default=30.0,
                    help="close a stream that sends nothing this long (default: %(default)s)")
     p.add_argument("--allow-random", action="store_true", help="serve a random-weight benchmark model anyway")
@@ -38,11 +35,25 @@ def register(sub) -> None:
     p = sub.add_parser("mic", help="transcribe the default microphone live in the terminal")
     _add_model_arg(p)
     p.add_argument("--latency", type=int, default=None)
-    p.add_argument("--endpoint-ms", type=int, default=800)
-    p.add_argument("--max-utterance-s", type=float, default=30.0)
+    _add_endpoint_args(p)
     p.add_argument("--allow-random", action="store_true")
     p.add_argument("--file", default=None, help=argparse_suppress())
     p.set_defaults(func=cmd_mic)
+
+
+def _add_endpoint_args(p) -> None:
+    """The endpointing options, shared by `serve` and `mic` (both run the same StreamSession)."""
+    p.add_argument("--endpoint-ms", type=int, default=800,
+                   help="trailing silence (blank frames) that ends an utterance; 0 disables (default: %(default)s)")
+    p.add_argument("--max-utterance-s", type=float, default=30.0,
+                   help="cut an utterance after this long; 0: no limit (default: %(default)s)")
+    p.add_argument("--vad", choices=["silero", "off"], default="off",
+                   help="a voice activity detector as a second endpoint signal (silero needs "
+                        "`pip install --no-deps silero-vad`; default: %(default)s)")
+    p.add_argument("--vad-threshold", type=float, default=0.5,
+                   help="speech probability from which the VAD counts a 32 ms window as speech (default: %(default)s)")
+    p.add_argument("--vad-silence-ms", type=int, default=800,
+                   help="non-speech after speech, per the VAD, that ends an utterance (default: %(default)s)")
 
 
 def argparse_suppress():
@@ -56,7 +67,13 @@ def _endpoint(args):
 
     if args.endpoint_ms < 0 or args.max_utterance_s < 0:
         raise StreamASRError("--endpoint-ms and --max-utterance-s must be >= 0")
-    return EndpointConfig(args.endpoint_ms, args.max_utterance_s)
+    endpoint = EndpointConfig(args.endpoint_ms, args.max_utterance_s, vad=None if args.vad == "off" else args.vad,
+                              vad_threshold=args.vad_threshold, vad_silence_ms=args.vad_silence_ms)
+    if endpoint.vad is not None:
+        from .vad import silero_session
+
+        silero_session()  # fail before loading the model when the package is missing
+    return endpoint
 
 
 def _require_aiohttp():
@@ -75,9 +92,10 @@ def cmd_serve(args) -> int:
         raise StreamASRError("--max-streams must be at least 1")
     if not 0 <= args.port <= 65535:
         raise StreamASRError(f"--port {args.port} is not a TCP port")
+    endpoint = _endpoint(args)
     model = _load(args, allow_random=args.allow_random)
     config = ServerConfig(host=args.host, port=args.port, max_streams=args.max_streams, max_batch=args.max_batch,
-                          idle_timeout_s=args.idle_timeout_s, endpoint=_endpoint(args))
+                          idle_timeout_s=args.idle_timeout_s, endpoint=endpoint)
     try:
         run_server(model, config)
     except OSError as exc:
@@ -199,6 +217,7 @@ def run_live(model, latency: int, blocks, endpoint, on_event) -> None:
 def cmd_mic(args) -> int:
     from ..cli import _latency, _load
 
+    endpoint = _endpoint(args)
     model = _load(args, allow_random=args.allow_random)
     latency = _latency(model, args.latency)
     printer = _Printer(False)
@@ -207,7 +226,7 @@ def cmd_mic(args) -> int:
 
         x = read_audio(args.file, model.sample_rate)
         blocks = (x[i : i + 1600] for i in range(0, x.size, 1600))
-        run_live(model, latency, blocks, _endpoint(args), printer)
+        run_live(model, latency, blocks, endpoint, printer)
         return 0
     stream, q = _open_mic(model.sample_rate, model.sample_rate // 10)
     print("listening (Ctrl-C to stop)", file=sys.stderr, flush=True)
@@ -220,7 +239,7 @@ def cmd_mic(args) -> int:
             return
 
     try:
-        run_live(model, latency, blocks(), _endpoint(args), printer)
+        run_live(model, latency, blocks(), endpoint, printer)
     finally:
         stream.stop()
     return 0

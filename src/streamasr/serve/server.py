@@ -1,6 +1,7 @@
 """The WebSocket server (aiohttp): `/v1/stream`, `/health`, `/metrics` and the browser page at `/`.
 
-Protocol (see README): the client opens `/v1/stream?latency=160&sample_rate=16000&encoding=pcm_s16le`,
+Protocol (see README): the client opens `/v1/stream?latency=160&sample_rate=16000&encoding=pcm_s16le`
+(optionally `&vad=silero` or `&vad=off` to override the server's VAD endpointing for this stream),
 sends binary frames of little-endian PCM (any number of whole samples per frame) and receives JSON text
 messages: `partial`, `final` (at each endpoint and once at the end) and `error`. It ends with the text
 message `{"type": "end"}`; the server answers with the last final and closes with code 1000.
@@ -20,7 +21,7 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..audio import pcm_to_float
 from ..errors import AudioError, StreamASRError
@@ -51,6 +52,10 @@ class Server:
     def __init__(self, model, config: ServerConfig | None = None):
         self.model = model
         self.config = config or ServerConfig()
+        if self.config.endpoint.vad is not None:
+            from .vad import silero_session
+
+            silero_session()  # a missing silero-vad package fails here, once, not on every stream
         self.metrics = Metrics()
         self.scheduler = Scheduler(model, self.config.max_batch, on_step=self.metrics.observe_step)
         self.active = 0
@@ -81,7 +86,7 @@ class Server:
         return web.json_response({
             "status": "ok", "model": self.model.config.model_id, "sample_rate": self.model.sample_rate,
             "latency_modes": self.model.latency_modes, "active_streams": self.active,
-            "max_streams": self.config.max_streams,
+            "max_streams": self.config.max_streams, "vad": self.config.endpoint.vad,
         })
 
     async def handle_metrics(self, request):
@@ -115,6 +120,19 @@ class Server:
             raise StreamASRError(f"unknown encoding {encoding!r}; use pcm_s16le or pcm_f32le")
         return latency, ENCODINGS[encoding]
 
+    def stream_endpoint(self, query) -> EndpointConfig:
+        """The server's endpointing, with the stream's `vad` query (silero | off) applied."""
+        vad = query.get("vad")
+        if vad is None:
+            return self.config.endpoint
+        if vad not in ("silero", "off"):
+            raise StreamASRError(f"unknown vad={vad!r}; use vad=silero or vad=off")
+        if vad == "silero":
+            from .vad import silero_session
+
+            silero_session()  # StreamASRError when the package is missing
+        return replace(self.config.endpoint, vad=None if vad == "off" else vad)
+
     async def _refuse(self, ws, message: str, code: int) -> None:
         try:
             await ws.send_json({"type": "error", "message": message})
@@ -129,6 +147,7 @@ class Server:
         await ws.prepare(request)
         try:
             latency, encoding = self.parse_params(request.query)
+            endpoint = self.stream_endpoint(request.query)
         except StreamASRError as exc:
             self.metrics.count("streams_rejected")
             await self._refuse(ws, str(exc), CLOSE_POLICY)
@@ -142,7 +161,7 @@ class Server:
         self.metrics.count("streams_total")
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
-        session = StreamSession(self.model, latency, self.config.endpoint,
+        session = StreamSession(self.model, latency, endpoint,
                                 emit=lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev),
                                 on_latency=self.metrics.observe_latency,
                                 on_done=lambda: loop.call_soon_threadsafe(queue.put_nowait, _DONE))
