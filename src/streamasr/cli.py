@@ -55,15 +55,15 @@ def cmd_convert(args) -> int:
         raise StreamASRError(f"no such .nemo file: {source}")
     t0 = time.perf_counter()
     out = convert_source(source, Path(args.output))
+    if args.fuse and args.fuse != "none":  # first: the fusions match the fp32 graph only
+        from .convert.optimize import FUSIONS, optimize_model_dir
+
+        optimize_model_dir(out, set(FUSIONS) if args.fuse == "all" else {f.strip() for f in args.fuse.split(",")})
     if args.quant and args.quant != "fp32":
         from .convert.quantize import quantize_model_dir
 
         quantize_model_dir(out, args.quant, block_size=args.block_size, accuracy_level=args.accuracy_level,
-                           sensitivity=args.sensitivity, mixed_budget=args.mixed_budget)
-    if args.fuse and args.fuse != "none":
-        from .convert.optimize import FUSIONS, optimize_model_dir
-
-        optimize_model_dir(out, set(FUSIONS) if args.fuse == "all" else {f.strip() for f in args.fuse.split(",")})
+                           sensitivity=args.sensitivity, mixed_budget=args.mixed_budget, mixed_kept=args.mixed_kept)
     cfg = ModelConfig.load(out)
     print(f"converted {source} -> {out} ({cfg.size_bytes / 1e6:.1f} MB, {cfg.quantization.get('method')}, "
           f"latency modes {', '.join(str(m.latency_ms) for m in cfg.encoder.latency_modes)} ms) "
@@ -269,7 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="int4-mixed: the table from `streamasr analyze-sensitivity` (default: measure it now on "
                    "the shared speech)")
     p.add_argument("--mixed-budget", type=float, default=0.1,
-                   help="int4-mixed: fraction of the encoder's weights kept at int8 (default: %(default)s)")
+                   help="int4-mixed: fraction of the encoder's weights kept at higher precision (default: %(default)s)")
+    p.add_argument("--mixed-kept", default="int8", choices=["int8", "int8-dynamic", "int8-nbits", "fp32"],
+                   help="int4-mixed: precision of the kept layers (default: int8 = int8-dynamic)")
     p.add_argument("--fuse", default="none", metavar="LIST",
                    help="offline operator fusions (ORT transformers optimizer): none (default), all, or a comma "
                         "list such as skip_layer_norm; `streamasr bench fusion` measures each")

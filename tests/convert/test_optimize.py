@@ -38,7 +38,13 @@ def test_skip_layer_norm_fusion_rewrites_the_graph_and_keeps_the_output(tiny_mod
         optimize_model_dir(d, {"skip_layer_norm"})
 
 
-def test_unknown_fusion_is_refused(tiny_model_dir, tmp_path):
+def test_unknown_fusion_and_quantized_graph_are_refused(tiny_model_dir, tmp_path):
+    from streamasr.convert.quantize import quantize_model_dir
+
+    q = shutil.copytree(tiny_model_dir, tmp_path / "q")
+    quantize_model_dir(q, "int8")
+    with pytest.raises(ModelError, match="fuse the fp32 graph, then quantize"):
+        optimize_model_dir(q, {"skip_layer_norm"})
     d = shutil.copytree(tiny_model_dir, tmp_path / "m")
     with pytest.raises(ModelError, match="unknown fusion") as exc:
         optimize_model_dir(d, {"warp_drive"})
@@ -51,7 +57,7 @@ def test_bench_fusion_reports_changes_fidelity_and_speed(tiny_model_dir, tmp_pat
 
     out_json = tmp_path / "fusion.json"
     assert main(["bench", "fusion", "--model", str(tiny_model_dir), "--latency", "160", "--seconds", "3",
-                 "--threads", "1", "--utterances", "1", "--json", str(out_json)]) == 0
+                 "--threads", "1", "--utterances", "1", "--quant", "int8", "--json", str(out_json)]) == 0
     out = capsys.readouterr().out
     assert "| all fusions |" in out and "SkipLayerNormalization 0->8" in out
     assert "ONNX Runtime's own session-time optimizer" in out and "RTFx vs first" in out
@@ -59,8 +65,9 @@ def test_bench_fusion_reports_changes_fidelity_and_speed(tiny_model_dir, tmp_pat
 
     report = json.loads(out_json.read_text())
     rows = {r["variant"]: r for r in report["rows"]}
-    assert rows["all fusions"]["faithful"] and rows["skip_layer_norm"]["tokens_identical"]
-    assert {r["model"] for r in report["speed"]} >= {"unfused", "all fusions", "skip_layer_norm"}
+    assert set(rows) == {"all fusions"} and rows["all fusions"]["faithful"] and rows["all fusions"]["tokens_identical"]
+    assert {r["model"] for r in report["speed"]} == {"unfused", "all fusions"}  # only skip_layer_norm fired
+    assert {r["quantization"] for r in report["speed"]} == {"int8"}  # fused first, then quantized
     assert all(np.isfinite(r["rtfx"]) and r["rtfx"] > 0 for r in report["speed"])
     assert ModelConfig.load(tiny_model_dir).optimization == {}  # the model itself is untouched
 

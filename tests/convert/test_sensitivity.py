@@ -86,19 +86,19 @@ def test_analysis_ranks_every_layer_on_real_speech(report, tiny_model_dir, tmp_p
 
 def test_int4_mixed_keeps_the_measured_layers_and_loses_less(report, tiny_model_dir, tmp_path, utterances):
     mixed = shutil.copytree(tiny_model_dir, tmp_path / "mixed")
-    record = quantize_model_dir(mixed, "int4-mixed", sensitivity=report, mixed_budget=0.5)
+    record = quantize_model_dir(mixed, "int4-mixed", sensitivity=report, mixed_budget=0.5, mixed_kept="int8-nbits")
     kept = choose_kept(report, 0.5)
     assert kept and sum(g.params for g in kept) <= 0.5 * sum(g.params for g in report.groups)
     assert kept[0].rank == 1
     int8 = sorted(m for g in kept for m in g.matmuls)
-    assert record["int8_nodes"] == int8
+    assert record["kept_nodes"] == int8 and record["mixed"]["kept_precision"] == "int8-nbits"
     assert [g["group"] for g in record["mixed"]["kept_groups"]] == [g.group for g in kept]
     assert ModelConfig.load(mixed).quantization == record
-    graph = __import__("onnx").load(str(mixed / "encoder.onnx"))
-    ops = [n.op_type for n in graph.graph.node]
-    assert ops.count("MatMulInteger") == len(int8)
-    assert ops.count("MatMulNBits") == len(_constant_weight_matmuls(
-        __import__("onnx").load(str(tiny_model_dir / "encoder.onnx")))) - len(int8)
+    bits = _nbits_bits(mixed)
+    assert sorted(n for n, (b, _) in bits.items() if b == 8) == sorted(m + "_Q8" for m in int8)
+    assert all(level == 1 for b, level in bits.values() if b == 8)  # weight-only: fp32 arithmetic
+    assert all(level == 4 for b, level in bits.values() if b == 4)
+    assert len(bits) == len(_constant_weight_matmuls(__import__("onnx").load(str(tiny_model_dir / "encoder.onnx"))))
 
     # the measured choice beats plain int4 and the opposite choice at the same budget
     plain = shutil.copytree(tiny_model_dir, tmp_path / "plain")
@@ -106,12 +106,44 @@ def test_int4_mixed_keeps_the_measured_layers_and_loses_less(report, tiny_model_
     reverse = SensitivityReport(**{**report.__dict__, "groups": [
         type(g)(**{**g.__dict__, "rank": len(report.groups) + 1 - g.rank}) for g in report.groups]})
     opposite = shutil.copytree(tiny_model_dir, tmp_path / "opposite")
-    opposite_record = quantize_model_dir(opposite, "int4-mixed", sensitivity=reverse, mixed_budget=0.5)
-    assert opposite_record["int8_nodes"] != int8
+    opposite_record = quantize_model_dir(opposite, "int4-mixed", sensitivity=reverse, mixed_budget=0.5,
+                                         mixed_kept="int8-nbits")
+    assert opposite_record["kept_nodes"] != int8
     reference = _joint_inputs(Model.load_dir(tiny_model_dir, threads=1), utterances)
     err = {name: encoder_error(reference, _joint_inputs(Model.load_dir(d, threads=1), utterances)).mean_rel
            for name, d in (("mixed", mixed), ("plain", plain), ("opposite", opposite))}
     assert err["mixed"] < err["plain"] and err["mixed"] < err["opposite"], err
+
+
+def _nbits_bits(model_dir: Path) -> dict[str, tuple[int, int]]:
+    """MatMulNBits node name -> (bits, accuracy_level)."""
+    import onnx
+
+    out = {}
+    for n in onnx.load(str(model_dir / "encoder.onnx")).graph.node:
+        if n.op_type == "MatMulNBits":
+            attrs = {a.name: a.i for a in n.attribute}
+            out[n.name] = (attrs.get("bits", 4), attrs.get("accuracy_level", 0))
+    return out
+
+
+@pytest.mark.parametrize("kept,op", [("int8", "MatMulInteger"), ("fp32", "MatMul")])
+def test_int4_mixed_other_kept_precisions(report, tiny_model_dir, tmp_path, kept, op):
+    d = shutil.copytree(tiny_model_dir, tmp_path / "m")
+    record = quantize_model_dir(d, "int4-mixed", sensitivity=report, mixed_budget=0.5, mixed_kept=kept)
+    assert record["mixed"]["kept_precision"] == kept
+    import onnx
+
+    graph = onnx.load(str(d / "encoder.onnx"))
+    names = {n.name for n in graph.graph.node if n.op_type == op}
+    if kept == "fp32":
+        assert set(record["kept_nodes"]) <= names and record["left_fp32"] == record["kept_nodes"]
+    else:
+        assert len(names) == len(record["kept_nodes"])
+    assert all(b == 4 for b, _ in _nbits_bits(d).values())
+    with pytest.raises(ModelError, match="keeps layers at"):
+        quantize_model_dir(shutil.copytree(tiny_model_dir, tmp_path / "bad"), "int4-mixed", sensitivity=report,
+                           mixed_kept="int2")
 
 
 def test_int4_mixed_rejects_a_table_of_other_settings_or_models(report, tiny_model_dir, tmp_path):
@@ -158,5 +190,5 @@ def test_analyze_command_and_convert_int4_mixed(tiny_model, tmp_path, speech_man
     assert main(["convert", str(nemo_path), "-o", str(measured), "--quant", "int4-mixed"]) == 0
     q = ModelConfig.load(measured).quantization
     assert q["mixed"]["sensitivity_source"].startswith("measured during conversion")
-    assert json.loads((measured / "config.json").read_text())["quantization"]["int8_nodes"]
+    assert json.loads((measured / "config.json").read_text())["quantization"]["kept_nodes"]
     assert Path(measured / "encoder.onnx").is_file()

@@ -1,8 +1,10 @@
 """`streamasr bench fusion`: what each operator fusion changes in the encoder graph, whether it keeps the
 output, and what it buys in speed.
 
-For a model directory: run ORT's transformers optimizer with every fusion on, then with each fusion that
-fired alone; for each variant report the node counts before/after and the op types that changed, the largest
+For an fp32 model directory: run ORT's transformers optimizer with every fusion on, then with each fusion
+that fired alone; the fidelity check compares the fp32 graphs (the fusion's own effect), and with `--quant`
+every variant and the unfused baseline are then quantized for the speed run (the fusions only match the
+fp32 graph, so they are made before quantizing); for each variant report the node counts before/after and the op types that changed, the largest
 encoder-output difference and token identity against the unfused graph on real speech, and the RTFx of all
 variants streamed interleaved in one process (`bench speed`'s harness). It also shows what ONNX Runtime's own
 session-time optimizer (which streamasr always runs) does to the same graph, since a fusion it already makes
@@ -61,19 +63,19 @@ def _variant_dir(src: Path, dst: Path) -> None:
 
 
 def fusion_variants(model_dir: Path, work: Path) -> list[tuple[str, Path, dict]]:
-    """(name, directory, change record) for all fusions on, then each fusion that fired alone."""
+    """(name, directory, change record) for all fusions on, then each fusion that fired (made operators the
+    graph did not have as many of before) alone."""
     from ..convert.optimize import FUSIONS, optimize_model_dir
 
-    out = []
-    everything = work / "all"
-    _variant_dir(model_dir, everything)
-    record = optimize_model_dir(everything, set(FUSIONS))
-    out.append(("all fusions", everything, record))
-    fired = sorted({_FUSION_OF_OPERATOR.get(op) for op in record["fused_operators"]} - {None})
-    for name in fired if len(fired) > 1 else []:
-        d = work / name
+    def make(name: str, fusions: set[str]) -> tuple[str, Path, dict]:
+        d = work / name.replace(" ", "_")
         _variant_dir(model_dir, d)
-        out.append((name, d, optimize_model_dir(d, {name})))
+        return name, d, optimize_model_dir(d, fusions)
+
+    out = [make("all fusions", set(FUSIONS))]
+    grew = [op for op, (a, b) in out[0][2]["op_changes"].items() if b > a]
+    fired = sorted({_FUSION_OF_OPERATOR.get(op) for op in grew} - {None})
+    out += [make(name, {name}) for name in (fired if len(fired) > 1 else [])]
     return out
 
 
@@ -115,6 +117,14 @@ def cmd_fusion(args) -> int:
     cfg = ModelConfig.load(model_dir)
     if cfg.optimization.get("fusions"):
         raise StreamASRError(f"{model_dir} is already fused; run this on an unfused conversion")
+    if cfg.quantization.get("method", "fp32") != "fp32":
+        raise StreamASRError(f"{model_dir} is quantized: give the fp32 conversion and --quant (the fusions "
+                             "match the fp32 graph only)")
+    quant = None
+    if args.quant:
+        from ..convert.quantize import parse_variant
+
+        quant = parse_variant(args.quant)
     latencies = [int(x) for x in args.latency.split(",")]
     encoder = model_dir / cfg.files.get("encoder", "encoder.onnx")
     base_counts = op_counts(onnx.load(str(encoder), load_external_data=False))
@@ -132,8 +142,14 @@ def cmd_fusion(args) -> int:
             rows.append(FusionRow(name, rec["nodes_before"], rec["nodes_after"], rec["op_changes"], worst, same,
                                   worst <= FIDELITY_TOLERANCE and same))
         del reference
-        print(f"streamasr bench fusion: {model_dir} ({cfg.quantization.get('method', 'fp32')}), fidelity on "
-              f"{len(audio)} utterances at {latencies[0]} ms\n")
+        if quant:  # for the speed run: the unfused baseline and every variant quantized the same way
+            from ..convert.quantize import quantize_model_dir, quantized_copy
+
+            model_dir = quantized_copy(model_dir, quant[0], quant[1], dest=work / "unfused")
+            for _, d, _ in variants:
+                quantize_model_dir(d, quant[0], block_size=quant[1])
+        print(f"streamasr bench fusion: {args.model}, fidelity of the fp32 graphs on {len(audio)} utterances at "
+              f"{latencies[0]} ms; speed {'after ' + args.quant + ' quantization' if quant else 'in fp32'}\n")
         print(format_rows(rows, ort_changes))
         samples, source = speech_audio(args.seconds, cfg.frontend.sample_rate)
         speed = run_bench([model_dir, *[d for _, d, _ in variants]], latencies, args.threads, samples,
@@ -158,7 +174,9 @@ def add_parser(bench_sub) -> None:
 
     p = bench_sub.add_parser("fusion", help="node counts, fidelity and speed of each operator fusion",
                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="model directory (unfused)")
+    p.add_argument("--model", required=True, help="fp32 model directory (unfused)")
+    p.add_argument("--quant", default=None, metavar="METHOD[:BLOCK]",
+                   help="quantize the unfused model and every fused variant this way before comparing them")
     p.add_argument("--latency", default="160,560", help="latency modes for speed; the first also for fidelity")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seconds", type=float, default=20.0, help="audio seconds per speed run (default: %(default)s)")

@@ -1,7 +1,8 @@
 """Offline operator fusion of the encoder graph with ONNX Runtime's transformers optimizer.
 
 `optimize_model_dir` runs `onnxruntime.transformers.optimizer` (model type `conformer`) with a chosen set of
-fusions over a converted (fp32 or quantized) model directory's encoder, saves the fused graph in place and
+fusions over a converted fp32 model directory's encoder (before quantization: on a MatMulNBits graph the
+optimizer's shape inference fails and nothing fuses; the quantizers keep the fused operators), saves the fused graph in place and
 records in config.json which fusions ran and what each changed (operator counts before and after). Which
 fusions to use is a measured choice: `streamasr bench fusion` runs each one alone on a model, checks the
 fused graph against the unfused one on real speech and times both interleaved (`bench/fusion.py`).
@@ -91,6 +92,10 @@ def fuse_encoder(src: Path, dst: Path, fusions: set[str], num_heads: int, hidden
                                          opt_level=0, use_gpu=False)
         stats = {k: v for k, v in fused.get_fused_operator_statistics().items() if v}
     model = fused.model
+    if any(n.domain == "com.microsoft" for n in model.graph.node) and \
+            not any(o.domain == "com.microsoft" for o in model.opset_import):
+        # the optimizer leaves the contrib domain undeclared; onnx's shape inference (quantize_dynamic) needs it
+        model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
     after = op_counts(model)
     _save_encoder(model, dst.parent, dst.name)
     return {"fusions": sorted(fusions), "fused_operators": stats, "nodes_before": sum(before.values()),
@@ -106,6 +111,9 @@ def optimize_model_dir(model_dir, fusions: set[str] | list[str]) -> dict[str, An
     model_dir = Path(model_dir)
     fusions = set(fusions)
     cfg = ModelConfig.load(model_dir)
+    if cfg.quantization.get("method", "fp32") != "fp32":
+        raise ModelError(f"{model_dir} is already quantized ({cfg.quantization['method']}): fuse the fp32 graph, "
+                         "then quantize (the optimizer's patterns do not match through quantized MatMuls)")
     if cfg.optimization.get("fusions"):
         raise ModelError(f"{model_dir} is already optimized ({', '.join(cfg.optimization['fusions'])})")
     filename = cfg.files.get("encoder", "encoder.onnx")

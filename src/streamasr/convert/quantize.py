@@ -13,8 +13,10 @@ Methods:
 - `int4-rtn`, `int4-hqq`, `int4-kquant`: 4-bit `MatMulNBits` blocks, from ONNX Runtime's
   `MatMulNBitsQuantizer` with its RTN, HQQ and k-quant algorithms.
 - `int4-mixed`: int4 k-quant, except the groups (layers, or single MatMuls) that a measured sensitivity
-  analysis on real speech ranks most harmful to quantize (`sensitivity.py`), kept at int8 (int8-dynamic)
-  within a budget given as a fraction of the encoder's weights.
+  analysis on real speech ranks most harmful to quantize (`sensitivity.py`), kept at higher precision
+  within a budget given as a fraction of the encoder's weights: `int8` (= int8-dynamic, int8 weights and
+  activations; the default), `int8-nbits` (8-bit weights with fp32 arithmetic: MatMulNBits bits=8,
+  accuracy_level 1), or `fp32`.
 
 fp16 is not offered: ONNX Runtime's CPU provider has no fp16 GEMM on x86 (MLAS implements half-precision
 GEMM only for ARM), so an fp16 graph runs with Cast nodes around fp32 kernels, slower than fp32 and no smaller
@@ -68,8 +70,13 @@ METHODS: dict[str, _Method] = {
     "int4-kquant": _Method(4, "k_quant", "nbits"),
     "int4-mixed": _Method(4, "k_quant, most sensitive groups int8 (quantize_dynamic per-channel QInt8)", "mixed"),
 }
-#: default share of the encoder's weight elements that int4-mixed keeps at int8
+#: default share of the encoder's weight elements that int4-mixed keeps at higher precision
 MIXED_BUDGET = 0.1
+#: what int4-mixed keeps its most sensitive groups at. `int8` = int8-dynamic, the default: on the full-size
+#: model at 2 threads int8-nbits (MatMulNBits bits=8 with fp32 activations, accuracy_level 1) made the whole
+#: encoder 1.7-2.4x slower for the same fidelity (no fast kernel for 8-bit weights with fp32 arithmetic).
+MIXED_KEPT = ("int8", "int8-dynamic", "int8-nbits", "fp32")
+_KEPT_INT8_ACCURACY = 1
 #: audio seconds the analysis behind int4-mixed streams when it is not given a sensitivity table
 MIXED_ANALYSIS_SECONDS = 60.0
 
@@ -147,11 +154,14 @@ def _quantize_nbits(model, name: str, block_size: int, accuracy_level: int, excl
     return out
 
 
-def _set_accuracy_level(model, level: int) -> None:
+def _set_accuracy_level(model, level: int, bits: int | None = None) -> None:
+    """Set accuracy_level on every MatMulNBits node (only those of `bits` bits when given)."""
     import onnx
 
     for node in model.graph.node:
         if node.op_type != "MatMulNBits":
+            continue
+        if bits is not None and next((a.i for a in node.attribute if a.name == "bits"), 4) != bits:
             continue
         for i, attr in enumerate(node.attribute):
             if attr.name == "accuracy_level":
@@ -172,20 +182,29 @@ def _quantize_dynamic(model, name: str, block_size: int, accuracy_level: int, ex
                         location="in.onnx.data", size_threshold=1024)
         quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"], per_channel=True,
                          weight_type=QuantType.QInt8, nodes_to_exclude=exclude, use_external_data_format=True,
-                         extra_options={"MatMulConstBOnly": True})
+                         # DefaultTensorType: onnx's shape inference cannot type the outputs of contrib ops
+                         # (a fused SkipLayerNormalization); every activation here is float32
+                         extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
         return onnx.load(str(dst))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _quantize_mixed(model, name: str, block_size: int, accuracy_level: int, exclude: list[str], info: dict):
-    """int8 for `info["int8_nodes"]` first (quantize_dynamic's shape inference cannot read MatMulNBits), then
-    int4 k-quant for every other MatMul but the fp32-excluded ones."""
-    keep = set(info["int8_nodes"])
-    if keep:
+    """int4 k-quant for every MatMul but `info["kept_nodes"]` (kept at `info["mixed"]["kept_precision"]`)
+    and the fp32-excluded ones."""
+    keep = list(info["kept_nodes"])
+    kept = info["mixed"]["kept_precision"]
+    if kept in ("int8", "int8-dynamic") and keep:  # first: quantize_dynamic's shape inference cannot read MatMulNBits
         others = [n for n in _constant_weight_matmuls(model) if n not in keep]
         model = _quantize_dynamic(model, "int8-dynamic", block_size, accuracy_level, others, info)
-    return _quantize_nbits(model, "int4-kquant", block_size, accuracy_level, exclude, info)
+    out = _quantize_nbits(model, "int4-kquant", block_size, accuracy_level, exclude + keep, info)
+    if kept == "int8-nbits" and keep:
+        out = _nbits_pass(out, _default_config(8, block_size, _KEPT_INT8_ACCURACY), 8, block_size,
+                          _KEPT_INT8_ACCURACY, exclude)
+        _set_accuracy_level(out, accuracy_level, bits=4)
+        _set_accuracy_level(out, _KEPT_INT8_ACCURACY, bits=8)
+    return out
 
 
 _QUANTIZERS: dict[str, Callable] = {"nbits": _quantize_nbits, "dynamic": _quantize_dynamic, "mixed": _quantize_mixed}
@@ -232,7 +251,7 @@ def _save_encoder(model, directory: Path, filename: str) -> None:
 
 
 def _mixed_selection(model_dir: Path, candidates: list[str], block_size: int, sensitivity, budget: float,
-                      threads: int | None) -> tuple[list[str], dict[str, Any]]:
+                      kept_precision: str, threads: int | None) -> tuple[list[str], dict[str, Any]]:
     """The MatMuls int4-mixed keeps at int8, from a sensitivity table (a path or report; measured now on the
     shared speech when None), and the record of that choice."""
     from .sensitivity import SensitivityReport, analyze, choose_kept
@@ -264,7 +283,9 @@ def _mixed_selection(model_dir: Path, candidates: list[str], block_size: int, se
         raise ModelError(f"the sensitivity table names MatMuls this encoder lacks ({', '.join(missing[:3])}...): "
                          "it was measured on another model")
     kept = choose_kept(report, budget)
-    record = {"budget": budget, "kept_precision": INT8_DEFAULT, "sensitivity_source": source,
+    if kept_precision not in MIXED_KEPT:
+        raise ModelError(f"int4-mixed keeps layers at {', '.join(MIXED_KEPT)}, not {kept_precision!r}")
+    record = {"budget": budget, "kept_precision": kept_precision, "sensitivity_source": source,
               "granularity": report.granularity, "ranked_by": "joint-input mean relative error, one group int4",
               "kept_groups": [{"group": g.group, "rank": g.rank, "params": g.params, "joint_rel": g.joint_rel}
                               for g in kept],
@@ -274,12 +295,13 @@ def _mixed_selection(model_dir: Path, candidates: list[str], block_size: int, se
 
 def quantize_model_dir(model_dir, method: str, block_size: int = 32, accuracy_level: int = 4,
                        exclude: list[str] | None = None, sensitivity=None, mixed_budget: float = MIXED_BUDGET,
-                       threads: int | None = None) -> dict[str, Any]:
+                       mixed_kept: str = "int8", threads: int | None = None) -> dict[str, Any]:
     """Quantize the encoder of a converted fp32 model directory in place; returns the `quantization` record.
 
     `exclude`: MatMul node names to keep fp32. `sensitivity` (int4-mixed only): a `SensitivityReport` or the
     path of its JSON (`streamasr analyze-sensitivity`); None measures it now on the shared speech.
-    `mixed_budget`: the fraction of the encoder's weight elements int4-mixed may keep at int8.
+    `mixed_budget`: the fraction of the encoder's weight elements int4-mixed may keep at `mixed_kept`
+    (`MIXED_KEPT`).
     Raises ModelError for an unknown method, a bad block size or accuracy level, or a directory that is
     already quantized.
     """
@@ -315,8 +337,9 @@ def quantize_model_dir(model_dir, method: str, block_size: int = 32, accuracy_le
     if unknown:
         raise ModelError(f"cannot exclude {', '.join(unknown)}: not a MatMul with a constant weight in {filename}")
     if spec.kind == "mixed":
-        keep, info["mixed"] = _mixed_selection(model_dir, candidates, block_size, sensitivity, mixed_budget, threads)
-        info["int8_nodes"] = sorted(set(keep) - set(exclude))
+        keep, info["mixed"] = _mixed_selection(model_dir, candidates, block_size, sensitivity, mixed_budget,
+                                               mixed_kept, threads)
+        info["kept_nodes"] = sorted(set(keep) - set(exclude))
     with _quiet():
         quantized = _QUANTIZERS[spec.kind](model, name, block_size, accuracy_level, exclude, info)
     del model
@@ -344,7 +367,8 @@ def quantize_model_dir(model_dir, method: str, block_size: int = 32, accuracy_le
         "bits": spec.bits,
         "algorithm": spec.algorithm,
         "operator": {"nbits": "MatMulNBits", "dynamic": "MatMulInteger (+ DynamicQuantizeLinear)",
-                     "mixed": "MatMulNBits; MatMulInteger for int8_nodes"}[spec.kind],
+                     "mixed": "MatMulNBits (4-bit; kept_nodes 8-bit, or MatMulInteger for int8-dynamic, or "
+                              "MatMul for fp32)"}[spec.kind],
         "block_size": block_size if spec.uses_blocks else None,
         "accuracy_level": accuracy_level if spec.kind != "dynamic" else None,
         "scope": "encoder (decoder and joint stay fp32)",
