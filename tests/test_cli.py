@@ -106,6 +106,9 @@ def test_bad_model_and_options(tiny_model_dir, tmp_path, speech_manifest):
     (newer / "config.json").unlink()
     (newer / "config.json").write_text(json.dumps(cfg))
     assert_user_error(run_cli("transcribe", audio, "--model", str(newer), "--allow-random"), "newer than this streamasr")
+    cfg["format_version"] = 1  # format 1 stored the attention caches in another layout
+    (newer / "config.json").write_text(json.dumps(cfg))
+    assert_user_error(run_cli("transcribe", audio, "--model", str(newer), "--allow-random"), "older than this", "re-convert")
     assert_user_error(run_cli("transcribe", "-", "--model", str(tiny_model_dir), "--allow-random"), "--raw-sample-rate")
 
 
@@ -127,6 +130,14 @@ def test_nemo_file_is_converted_once_into_the_cache(tiny_model, tmp_path, speech
     second = run_cli("transcribe", audio, "--model", str(nemo_path), "--allow-random", "--json", env=env)
     assert json.loads(second.stdout)["token_ids"] == json.loads(first.stdout)["token_ids"]
     assert (cached[0] / "encoder.onnx").stat().st_mtime_ns == stamp, "second run must load, not re-convert"
+    # a conversion left by an older streamasr (another cache layout) is redone, not refused
+    cfg = json.loads((cached[0] / "config.json").read_text())
+    cfg["format_version"] = 1
+    (cached[0] / "config.json").write_text(json.dumps(cfg))
+    third = run_cli("transcribe", audio, "--model", str(nemo_path), "--allow-random", "--json", env=env)
+    assert third.returncode == 0, third.stderr.decode()
+    assert json.loads(third.stdout)["token_ids"] == json.loads(first.stdout)["token_ids"]
+    assert json.loads((cached[0] / "config.json").read_text())["format_version"] > 1
 
 
 def test_model_directory_loads_without_torch(tiny_model_dir, speech_manifest):

@@ -15,7 +15,7 @@ from typing import Any
 from .errors import ModelError
 
 #: Bumped whenever the directory layout or the graphs' inputs/outputs change incompatibly.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: attention caches in the heads layout (see cache_shapes)
 CONFIG_NAME = "config.json"
 
 
@@ -67,6 +67,21 @@ class EncoderConfig:
                 return m
         known = ", ".join(str(m.latency_ms) for m in self.latency_modes)
         raise ModelError(f"unknown latency mode {latency_ms} ms; this model supports: {known} ms")
+
+
+def cache_shapes(enc: EncoderConfig, batch: int = 1) -> dict[str, tuple[int, ...]]:
+    """Shapes of a stream's encoder caches, as the exported graph takes them.
+
+    Projected keys are kept as (B, layers, heads, d_k, left) and values as (B, layers, heads, left, d_k),
+    the layouts the attention MatMuls read, so that a step moves no cached frame but the one shift
+    (model format 2; format 1 had (B, layers, left, d_model) for both and is refused on load).
+    """
+    dk = enc.d_model // enc.n_heads
+    return {
+        "k_cache": (batch, enc.n_layers, enc.n_heads, dk, enc.left_context),
+        "v_cache": (batch, enc.n_layers, enc.n_heads, enc.left_context, dk),
+        "conv_cache": (batch, enc.n_layers, enc.conv_cache, enc.d_model),
+    }
 
 
 @dataclass(frozen=True)
@@ -140,6 +155,11 @@ class ModelConfig:
             raise ModelError(
                 f"{directory} uses model format {version}, newer than this streamasr supports "
                 f"({FORMAT_VERSION}); upgrade streamasr or re-convert the model"
+            )
+        if version < FORMAT_VERSION:
+            raise ModelError(
+                f"{directory} uses model format {version}, older than this streamasr's ({FORMAT_VERSION}): "
+                "its encoder caches have another layout; re-convert it with `streamasr convert`"
             )
         try:
             return ModelConfig.from_dict(raw)

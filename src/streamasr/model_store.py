@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import ModelError, OfflineError
-from .model_config import CONFIG_NAME
+from .model_config import CONFIG_NAME, FORMAT_VERSION
 
 DEFAULT_MODEL = "nvidia/nemotron-speech-streaming-en-0.6b"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -114,6 +114,15 @@ def cache_name(source: str, nemo_file: Path | None) -> str:
     return re.sub(r"[^\w.-]+", "--", source)
 
 
+def _cached_format(directory: Path) -> int:
+    import json
+
+    try:
+        return int(json.loads((directory / CONFIG_NAME).read_text()).get("format_version", 0))
+    except (OSError, ValueError, TypeError):
+        return 0
+
+
 def resolve_model(source: str | Path | None) -> Path:
     """A model directory for `source`, converting into the cache on first use."""
     source = str(source or DEFAULT_MODEL)
@@ -128,6 +137,6 @@ def resolve_model(source: str | Path | None) -> Path:
     elif not (source.startswith("random:") or _REPO_ID.match(source)):
         raise ModelError(f"model {source!r} is neither a model directory, a .nemo file nor a hub repo id (owner/name)")
     target = cache_root() / cache_name(source, path if path.is_file() else None)
-    if (target / CONFIG_NAME).is_file():
-        return target
+    if (target / CONFIG_NAME).is_file() and _cached_format(target) >= FORMAT_VERSION:
+        return target  # (a conversion by an older streamasr is redone below)
     return convert_source(str(path) if path.is_file() else source, target)

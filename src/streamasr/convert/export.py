@@ -19,7 +19,7 @@ from ..errors import ModelError
 from ..model_config import ModelConfig, directory_size
 from .architecture import Architecture, parse_architecture
 from .nemo_file import NemoCheckpoint
-from .torch_modules import EncoderStep, Joint, PredictionStep
+from .torch_modules import EncoderStep, Joint, PredictionStep, initial_state
 
 OPSET = 17
 EXTERNAL_DATA_THRESHOLD = 512 << 20  # graphs larger than this keep their weights in a side file
@@ -59,13 +59,14 @@ def export_encoder(arch: Architecture, sd: dict[str, Any], path: Path) -> None:
     module = EncoderStep(arch, sd).eval()
     mode = enc.latency_modes[0]
     width = enc.pre_encode_cache + enc.subsampling_factor * (mode.right_context + 1)
+    state = initial_state(arch)
     args = (
         torch.zeros(1, width, arch.frontend.n_mels),
         torch.tensor(enc.drop_extra_pre_encoded, dtype=torch.int64),
         torch.tensor([3], dtype=torch.int64),
-        torch.zeros(1, enc.n_layers, enc.left_context, enc.d_model),
-        torch.zeros(1, enc.n_layers, enc.left_context, enc.d_model),
-        torch.zeros(1, enc.n_layers, enc.conv_cache, enc.d_model),
+        state["k_cache"],
+        state["v_cache"],
+        state["conv_cache"],
     )
     b = {0: "batch"}
     dynamic = {"mel": {0: "batch", 1: "mel_frames"}, "cache_len": b, "k_cache": b, "v_cache": b, "conv_cache": b,

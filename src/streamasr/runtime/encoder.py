@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..model_config import EncoderConfig, LatencyMode
+from ..model_config import EncoderConfig, LatencyMode, cache_shapes
 from .backend import Backend
 
 
@@ -58,9 +58,10 @@ class StreamingEncoder:
         self._steps = 0
         self._frames_out = 0
         self.cache_len = np.zeros(1, dtype=np.int64)
-        self.k_cache = np.zeros((1, enc.n_layers, enc.left_context, enc.d_model), dtype=np.float32)
-        self.v_cache = np.zeros_like(self.k_cache)
-        self.conv_cache = np.zeros((1, enc.n_layers, enc.conv_cache, enc.d_model), dtype=np.float32)
+        shapes = cache_shapes(enc)
+        self.k_cache = np.zeros(shapes["k_cache"], dtype=np.float32)
+        self.v_cache = np.zeros(shapes["v_cache"], dtype=np.float32)
+        self.conv_cache = np.zeros(shapes["conv_cache"], dtype=np.float32)
 
     @property
     def steps(self) -> int:

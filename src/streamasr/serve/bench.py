@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -170,16 +171,20 @@ def cmd_bench_serve(args) -> int:
         print(f"model {cfg.model_id} ({cfg.quantization.get('method')}), latency {args.latency} ms, "
               f"{args.duration:g} s of audio per stream, {os.cpu_count()} cores", flush=True)
         print(f"{'N':>4} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'RTFx':>7} {'CPU %':>6} {'RSS MB':>7} "
-              f"{'mean batch':>10} {'errors':>6}", flush=True)
+              f"{'mean batch':>10} {'errors':>6} {'client CPU %':>12}", flush=True)
         url = f"ws://127.0.0.1:{port}/v1/stream?latency={args.latency}&every_chunk=1"
         for n in counts:
             m0 = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
             cpu0, _ = _proc_stats(server.pid)
+            own0 = resource.getrusage(resource.RUSAGE_SELF)
             t0 = time.perf_counter()
             lat, errors = asyncio.run(_run_n(url, speech, n, args.duration, int(rate * args.block_ms / 1000), rate,
                                              args.latency / 1000))
             wall = time.perf_counter() - t0
+            own1 = resource.getrusage(resource.RUSAGE_SELF)
             cpu1, peak = _proc_stats(server.pid)
+            # the clients share the cores with the server: their CPU is what the server could not use
+            clients_cpu = (own1.ru_utime - own0.ru_utime) + (own1.ru_stime - own0.ru_stime)
             m1 = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
             audio = _metric(m1, "streamasr_audio_seconds_total") - _metric(m0, "streamasr_audio_seconds_total")
             busy = _metric(m1, "streamasr_compute_seconds_total") - _metric(m0, "streamasr_compute_seconds_total")
@@ -188,11 +193,13 @@ def cmd_bench_serve(args) -> int:
             p50, p95, p99 = (np.percentile(lat, [50, 95, 99]) * 1000) if lat else (float("nan"),) * 3
             row = {"streams": n, "p50_ms": round(p50, 1), "p95_ms": round(p95, 1), "p99_ms": round(p99, 1),
                    "rtfx": round(audio / busy, 1) if busy else None, "cpu_percent": round(100 * (cpu1 - cpu0) / wall),
+                   "clients_cpu_percent": round(100 * clients_cpu / wall),
                    "peak_rss_mb": round(peak / 1e6), "mean_batch": round(batched / steps, 2) if steps else None,
                    "chunks": len(lat), "errors": len(errors)}
             rows.append(row)
             print(f"{n:>4} {row['p50_ms']:>8} {row['p95_ms']:>8} {row['p99_ms']:>8} {row['rtfx'] or 0:>7} "
-                  f"{row['cpu_percent']:>6} {row['peak_rss_mb']:>7} {row['mean_batch'] or 0:>10} {len(errors):>6}",
+                  f"{row['cpu_percent']:>6} {row['peak_rss_mb']:>7} {row['mean_batch'] or 0:>10} {len(errors):>6} "
+                  f"{row['clients_cpu_percent']:>12}",
                   flush=True)
             if errors:
                 print(f"     first error: {errors[0]}", flush=True)

@@ -1,0 +1,33 @@
+"""`streamasr bench serve`: a real server process, N real-time WebSocket clients, on the tiny random model.
+
+This checks that the load benchmark measures what it says (every chunk answered and timed, the batches the
+server really ran, CPU of server and clients apart), not how fast anything is.
+"""
+
+from __future__ import annotations
+
+import json
+
+from streamasr.cli import main
+
+
+def test_bench_serve_reports_latency_batching_and_cpu(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "serve.json"
+    rc = main(["bench", "serve", "--model", str(tiny_model_dir), "--streams", "1,3", "--latency", "160",
+               "--duration", "3", "--threads", "1", "--json", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "largest N with p95 < 160 ms:" in text and "client CPU %" in text
+    data = json.loads(out.read_text())
+    assert data["latency_ms"] == 160
+    rows = data["rows"]
+    assert [r["streams"] for r in rows] == [1, 3]
+    for r in rows:
+        assert r["errors"] == 0
+        # 3 s at 160 ms: about 18 chunks per stream, each answered with a timed partial
+        assert 15 * r["streams"] <= r["chunks"] <= 20 * r["streams"]
+        assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
+        assert r["rtfx"] > 1  # the tiny model keeps up with real time many times over
+        assert r["cpu_percent"] > 0 and r["clients_cpu_percent"] > 0 and r["peak_rss_mb"] > 50
+    assert rows[0]["mean_batch"] == 1.0  # one stream can only ever batch with itself
+    assert 1.0 <= rows[1]["mean_batch"] <= 3.0
