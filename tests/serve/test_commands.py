@@ -45,6 +45,20 @@ def test_serve_and_client_commands(serve_model, short_speech, tmp_path, s16_roun
     finally:
         proc.terminate()
         proc.wait(10)
+    # the model's default latency mode was warmed up at every batch size before the server took streams
+    assert "warmed up batches of 1-16 streams at" in proc.stdout.read().decode()
+
+
+def test_serve_rejects_bad_scheduling_options(serve_model, capsys):
+    model = ["serve", "--model", str(serve_model.directory), "--allow-random", "--port", str(_port())]
+    assert main(model + ["--batch-wait", "2"]) == 2
+    assert "--batch-wait is a fraction of a chunk" in capsys.readouterr().err
+    assert main(model + ["--warmup-batches", "-1"]) == 2
+    assert "--warmup-batches" in capsys.readouterr().err
+    assert main(model + ["--warmup-latency", "fast"]) == 2
+    assert "--warmup-latency takes latency modes" in capsys.readouterr().err
+    assert main(model + ["--warmup-latency", "333"]) == 2
+    assert "unknown latency mode 333" in capsys.readouterr().err
 
 
 def test_client_errors_are_one_line(capsys):

@@ -89,3 +89,99 @@ def test_concurrent_clients_over_socket_match_alone(serve_model, make_server, sh
         assert res.finals[-1]["text"] == serve_model.transcribe(s16_roundtrip(x), 160).text.strip()
     assert max(steps) >= 2, f"real-time clients were never batched: {steps[:50]}"
     assert st.server.active == 0
+
+
+def _past_first_step(model, scheduler, sessions, x) -> int:
+    """Feed each session just enough audio for its first step and run it, so that later steps may wait.
+    Returns the samples fed; feeding `_chunk_samples` more completes exactly one more chunk."""
+    sched = sessions[0].stream.encoder.schedule
+    n = sched.first_chunk * 160 + 300  # + the frontend's look-ahead (half a 512-point window)
+    for s in sessions:
+        s.feed(x[:n])
+    scheduler.step()
+    assert all(s.stream.encoder.steps == 1 and not s.ready() for s in sessions)
+    return n
+
+
+def _chunk_samples(session) -> int:
+    return session.stream.encoder.schedule.chunk * 160
+
+
+def test_batching_window_waits_for_the_other_streams(serve_model, short_speech):
+    """A ready chunk waits (up to batch_wait of a chunk) for the other open streams, then all run as one batch."""
+    steps: list[int] = []
+    scheduler = Scheduler(serve_model, on_step=lambda b, s: steps.append(b), batch_wait=1.0)
+    a, b = (StreamSession(serve_model, 560, EndpointConfig(0, 0)) for _ in range(2))
+    for s in (a, b):
+        scheduler.add(s)
+    x = short_speech[0]
+    pos = _past_first_step(serve_model, scheduler, (a, b), x)
+    steps.clear()
+    chunk = _chunk_samples(a)
+    a.feed(x[pos : pos + chunk])  # a completes its next chunk; b has not sent anything yet
+    a.drain()  # (what the scheduler's round does first)
+    assert a.ready() and not b.ready()
+    arrival = a.ready_since()
+    scheduler.step()
+    assert steps == [] and a.stream.encoder.steps == 1, "a's chunk should wait for b"
+    assert scheduler._deadline == pytest.approx(arrival + 0.56)
+    b.feed(x[pos : pos + chunk])
+    scheduler.step()
+    assert steps == [2], "both chunks should run as one batch"
+    assert a.stream.encoder.steps == 2 and b.stream.encoder.steps == 2
+
+
+def test_batching_window_is_bounded_and_off_by_default(serve_model, short_speech):
+    x = short_speech[0]
+    for wait, expect_held in ((0.0, False), (0.05, True)):
+        steps: list[int] = []
+        scheduler = Scheduler(serve_model, on_step=lambda b, s: steps.append(b), batch_wait=wait)
+        a, b = (StreamSession(serve_model, 160, EndpointConfig(0, 0)) for _ in range(2))
+        for s in (a, b):
+            scheduler.add(s)
+        pos = _past_first_step(serve_model, scheduler, (a, b), x)
+        steps.clear()
+        a.feed(x[pos : pos + _chunk_samples(a)])
+        scheduler.step()
+        assert (steps == []) is expect_held
+        if expect_held:  # 5% of 160 ms later the deadline has passed: a runs alone rather than wait longer
+            import time
+
+            time.sleep(0.01)
+            scheduler.step()
+            assert steps == [1] and a.stream.encoder.steps == 2
+    # a single stream never waits (nobody to wait for), whatever the window
+    steps = []
+    scheduler = Scheduler(serve_model, on_step=lambda b, s: steps.append(b), batch_wait=1.0)
+    solo = StreamSession(serve_model, 160, EndpointConfig(0, 0))
+    scheduler.add(solo)
+    pos = _past_first_step(serve_model, scheduler, (solo,), x)
+    steps.clear()
+    solo.feed(x[pos : pos + _chunk_samples(solo)])
+    scheduler.step()
+    assert steps and steps[0] == 1
+    with pytest.raises(ValueError, match="batch_wait"):
+        Scheduler(serve_model, batch_wait=2.0)
+
+
+def test_warm_up_runs_every_batch_size_and_leaves_streams_alone(serve_model, short_speech):
+    from streamasr.serve.scheduler import warm_up
+
+    calls: list[tuple] = []
+    backend = serve_model.backend
+    original = backend.encode
+
+    def spy(mel, drop, *rest):
+        calls.append((mel.shape[0], mel.shape[1], int(drop)))
+        return original(mel, drop, *rest)
+
+    backend.encode = spy
+    try:
+        took = warm_up(serve_model, 160, 3)
+    finally:
+        backend.encode = original
+    assert took > 0
+    # batch sizes 1..3, each a first step (drop 0) and a later step (drop > 0)
+    assert sorted({(b, d > 0) for b, _, d in calls}) == [(b, later) for b in (1, 2, 3) for later in (False, True)]
+    x = short_speech[1]
+    assert serve_model.transcribe(x, 160).token_ids == serve_model.transcribe(x, 160).token_ids

@@ -161,7 +161,16 @@ def test_vad_splits_two_utterances_at_the_pause(silero, serve_model, speech):
     rng = np.random.default_rng(3)
     cuts = np.sort(rng.integers(0, x.size, 60))
     _, piecewise = _run(serve_model, x, endpoint, pieces=np.split(x, cuts))
-    assert [e for e, _ in piecewise if e["type"] == "final"] == [e for e, _ in finals]
+    got, want = [e for e, _ in piecewise if e["type"] == "final"], [e for e, _ in finals]
+    assert [_no_confidence(e) for e in got] == [_no_confidence(e) for e in want]
+    # confidences are rounded to 4 decimals; float rounding of the two runs may flip the last digit
+    for g, w in zip(got, want):
+        np.testing.assert_allclose([x["confidence"] for x in g["words"]], [x["confidence"] for x in w["words"]],
+                                   atol=2e-4)
+
+
+def _no_confidence(event: dict) -> dict:
+    return {**event, "words": [{k: v for k, v in w.items() if k != "confidence"} for w in event["words"]]}
 
 
 def test_server_vad_query(silero, serve_model, make_server, speech):

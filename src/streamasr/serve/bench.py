@@ -34,6 +34,7 @@ def add_parser(bench_sub):
     p.add_argument("--block-ms", type=int, default=80, help="audio per WebSocket frame")
     p.add_argument("--threads", type=int, default=None, help="server ONNX Runtime threads")
     p.add_argument("--max-batch", type=int, default=32)
+    p.add_argument("--batch-wait", type=float, default=0.25, help="the server's --batch-wait")
     p.add_argument("--speech-dir", default=None, help="folder of WAV files (default: shared/data/speech)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.set_defaults(func=cmd_bench_serve)
@@ -150,7 +151,7 @@ def cmd_bench_serve(args) -> int:
     speech = _speech(args.speech_dir)
     port = _free_port()
     cmd = [sys.executable, "-m", "streamasr.cli", "serve", "--model", str(args.model), "--port", str(port),
-           "--max-streams", str(max(counts)), "--max-batch", str(args.max_batch), "--allow-random",
+           "--max-streams", str(max(counts)), "--max-batch", str(args.max_batch), "--batch-wait", str(args.batch_wait), "--warmup-latency", str(args.latency), "--allow-random",
            "--idle-timeout-s", "120"]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
@@ -169,9 +170,10 @@ def cmd_bench_serve(args) -> int:
         else:
             raise StreamASRError("the server did not come up")
         print(f"model {cfg.model_id} ({cfg.quantization.get('method')}), latency {args.latency} ms, "
-              f"{args.duration:g} s of audio per stream, {os.cpu_count()} cores", flush=True)
+              f"{args.duration:g} s of audio per stream, {os.cpu_count()} cores, batch wait {args.batch_wait:g} "
+              f"of a chunk", flush=True)
         print(f"{'N':>4} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'RTFx':>7} {'CPU %':>6} {'RSS MB':>7} "
-              f"{'mean batch':>10} {'errors':>6} {'client CPU %':>12}", flush=True)
+              f"{'mean batch':>10} {'errors':>6} {'client CPU %':>12} {'busy %':>6} {'enc %':>6}", flush=True)
         url = f"ws://127.0.0.1:{port}/v1/stream?latency={args.latency}&every_chunk=1"
         for n in counts:
             m0 = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
@@ -190,16 +192,20 @@ def cmd_bench_serve(args) -> int:
             busy = _metric(m1, "streamasr_compute_seconds_total") - _metric(m0, "streamasr_compute_seconds_total")
             steps = _metric(m1, "streamasr_encoder_batch_size_count") - _metric(m0, "streamasr_encoder_batch_size_count")
             batched = _metric(m1, "streamasr_encoder_batch_size_sum") - _metric(m0, "streamasr_encoder_batch_size_sum")
+            enc_s = _metric(m1, "streamasr_encoder_seconds_total") - _metric(m0, "streamasr_encoder_seconds_total")
             p50, p95, p99 = (np.percentile(lat, [50, 95, 99]) * 1000) if lat else (float("nan"),) * 3
             row = {"streams": n, "p50_ms": round(p50, 1), "p95_ms": round(p95, 1), "p99_ms": round(p99, 1),
                    "rtfx": round(audio / busy, 1) if busy else None, "cpu_percent": round(100 * (cpu1 - cpu0) / wall),
                    "clients_cpu_percent": round(100 * clients_cpu / wall),
+                   "encoder_share": round(enc_s / busy, 3) if busy else None,  # of the scheduler's compute
+                   "compute_share": round(busy / wall, 3),  # scheduler busy time / wall time
                    "peak_rss_mb": round(peak / 1e6), "mean_batch": round(batched / steps, 2) if steps else None,
                    "chunks": len(lat), "errors": len(errors)}
             rows.append(row)
             print(f"{n:>4} {row['p50_ms']:>8} {row['p95_ms']:>8} {row['p99_ms']:>8} {row['rtfx'] or 0:>7} "
                   f"{row['cpu_percent']:>6} {row['peak_rss_mb']:>7} {row['mean_batch'] or 0:>10} {len(errors):>6} "
-                  f"{row['clients_cpu_percent']:>12}",
+                  f"{row['clients_cpu_percent']:>12} {100 * row['compute_share']:>6.0f} "
+                  f"{100 * (row['encoder_share'] or 0):>6.0f}",
                   flush=True)
             if errors:
                 print(f"     first error: {errors[0]}", flush=True)

@@ -16,6 +16,14 @@ def register(sub) -> None:
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--max-streams", type=int, default=32, help="concurrent streams; more are refused (1013)")
     p.add_argument("--max-batch", type=int, default=32, help="streams per batched encoder call")
+    p.add_argument("--batch-wait", type=float, default=0.25, metavar="FRACTION",
+                   help="how long (fraction of a chunk) a batch may wait for more streams' chunks; 0 runs "
+                        "every ready chunk at once (default: %(default)s)")
+    p.add_argument("--warmup-batches", type=int, default=16, metavar="N",
+                   help="at start-up, run the encoder once at every batch size up to N (ONNX Runtime's first "
+                        "call at a new shape is slow); 0 skips it (default: %(default)s)")
+    p.add_argument("--warmup-latency", default=None, metavar="MS[,MS]",
+                   help="latency modes to warm up (default: the model's default mode)")
     _add_endpoint_args(p)
     p.add_argument("--idle-timeout-s", type=float, default=30.0,
                    help="close a stream that sends nothing this long (default: %(default)s)")
@@ -90,12 +98,23 @@ def cmd_serve(args) -> int:
     _require_aiohttp()
     if args.max_streams < 1:
         raise StreamASRError("--max-streams must be at least 1")
+    if not 0 <= args.batch_wait <= 1:
+        raise StreamASRError(f"--batch-wait is a fraction of a chunk between 0 and 1, got {args.batch_wait}")
     if not 0 <= args.port <= 65535:
         raise StreamASRError(f"--port {args.port} is not a TCP port")
     endpoint = _endpoint(args)
+    if args.warmup_batches < 0:
+        raise StreamASRError("--warmup-batches must be 0 or more")
+    try:
+        warm_modes = tuple(int(v) for v in args.warmup_latency.split(",")) if args.warmup_latency else ()
+    except ValueError:
+        raise StreamASRError(f"--warmup-latency takes latency modes in ms, got {args.warmup_latency!r}") from None
     model = _load(args, allow_random=args.allow_random)
+    for ms in warm_modes:
+        model.config.encoder.mode(ms)  # an unknown mode is a clear error now, not at the first stream
     config = ServerConfig(host=args.host, port=args.port, max_streams=args.max_streams, max_batch=args.max_batch,
-                          idle_timeout_s=args.idle_timeout_s, endpoint=endpoint)
+                          batch_wait=args.batch_wait, warmup_batches=args.warmup_batches,
+                          warmup_latency_ms=warm_modes, idle_timeout_s=args.idle_timeout_s, endpoint=endpoint)
     try:
         run_server(model, config)
     except OSError as exc:

@@ -13,6 +13,14 @@ Each round:
 Fairness: a round takes at most ONE chunk per stream, so a stream with a backlog (a client that sends
 faster than real time, or fell behind) advances one chunk per round alongside the others instead of
 stalling them; rounds repeat while any chunk is ready.
+
+Batching window: a batched step costs far less per stream than single steps (full-size int4 at 160 ms:
+26 ms for one stream, 11.5 ms per stream for eight), but streams' chunks complete at unrelated moments, so
+a scheduler that runs whatever is ready at once makes batches of 1-3 and spends its whole time on them
+once a few streams are open. So a group of later steps waits, at most `batch_wait` of a chunk's duration
+counted from when its oldest chunk's audio arrived, for the other open streams of its latency mode to
+complete theirs; it runs at once when they all have (always the case for a single stream) or the batch is
+full. First steps and a stream's tail never wait.
 """
 
 from __future__ import annotations
@@ -59,10 +67,38 @@ def encode_batch(backend, encoders: list[StreamingEncoder]) -> list[EncodedChunk
     return chunks
 
 
+def warm_up(model, latency_ms: int, max_batch: int) -> float:
+    """Run one first and one later step at every batch size up to `max_batch`; returns the seconds taken.
+
+    ONNX Runtime's first call at a new input shape costs 30-250 ms more than the next ones (full-size int4,
+    160 ms). A server meets a new batch size every time one more stream joins a step, so without this
+    its first seconds under load run behind: 8 streams opened together saw 300-600 ms latencies for
+    about 1.5 s (then 135 ms p95). Paid once at start-up, before the server accepts streams.
+    """
+    from ..runtime.encoder import StreamingEncoder
+
+    cfg = model.config
+    mode = cfg.encoder.mode(latency_ms)
+    t0 = time.perf_counter()
+    for batch in range(1, max_batch + 1):
+        encoders = [StreamingEncoder(model.backend, cfg.encoder, mode, cfg.frontend.n_mels) for _ in range(batch)]
+        for e in encoders:
+            frames = e.schedule.first_chunk + e.schedule.chunk
+            e.buffer(np.zeros((frames, cfg.frontend.n_mels), dtype=np.float32))
+        encode_batch(model.backend, encoders)  # a first step
+        encode_batch(model.backend, encoders)  # a later step
+    return time.perf_counter() - t0
+
+
 class Scheduler:
-    def __init__(self, model, max_batch: int = 32, on_step: Callable[[int, float], None] | None = None):
+    def __init__(self, model, max_batch: int = 32, on_step: Callable[[int, float], None] | None = None,
+                 batch_wait: float = 0.0):
         self.model = model
         self.max_batch = max(1, int(max_batch))
+        if not 0.0 <= batch_wait <= 1.0:
+            raise ValueError(f"batch_wait is a fraction of the chunk duration in [0, 1], got {batch_wait}")
+        self.batch_wait = batch_wait
+        self._deadline: float | None = None  # when a group held back by the batching window must run
         self.on_step = on_step  # (batch size, seconds) after each encoder call, for metrics
         self._sessions: dict[int, StreamSession] = {}
         self._cv = threading.Condition()
@@ -109,7 +145,8 @@ class Scheduler:
         while True:
             with self._cv:
                 if not self._work and not self._stop:
-                    self._cv.wait(timeout=0.5)
+                    wait = 0.5 if self._deadline is None else max(0.0, self._deadline - time.perf_counter())
+                    self._cv.wait(timeout=min(0.5, wait))
                 if self._stop:
                     return
                 self._work = False
@@ -135,7 +172,10 @@ class Scheduler:
             if not s.failed and s.ready():
                 groups[s.batch_key()].append(s)
         did = False
-        for members in groups.values():
+        self._deadline = None
+        for key, members in groups.items():
+            if self._hold_back(key, members, sessions):
+                continue
             for i in range(0, len(members), self.max_batch):
                 part = members[i : i + self.max_batch]
                 width = part[0].stream.encoder.next_width()
@@ -158,6 +198,23 @@ class Scheduler:
                 self._guard(s, s.finish)
         self.busy_s += time.perf_counter() - t0
         return did or any(s.has_input for s in sessions)
+
+    def _hold_back(self, key: tuple, members: list[StreamSession], sessions: list[StreamSession]) -> bool:
+        """Whether this group waits for more of its streams (see "Batching window" above)."""
+        latency_ms, _, first = key
+        if self.batch_wait <= 0 or first or len(members) >= self.max_batch:
+            return False
+        expected = sum(1 for s in sessions if s.latency_ms == latency_ms and s.streaming)
+        if len(members) >= expected:
+            return False
+        times = [t for t in (s.ready_since() for s in members) if t is not None]
+        if not times:
+            return False
+        deadline = min(times) + self.batch_wait * latency_ms / 1000.0
+        if time.perf_counter() >= deadline:
+            return False
+        self._deadline = deadline if self._deadline is None else min(self._deadline, deadline)
+        return True
 
     def _count(self, samples: int) -> None:
         self.audio_samples += samples

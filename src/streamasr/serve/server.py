@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from ..audio import pcm_to_float
 from ..errors import AudioError, StreamASRError
 from .metrics import Metrics
-from .scheduler import Scheduler
+from .scheduler import Scheduler, warm_up
 from .session import EndpointConfig, StreamSession
 
 log = logging.getLogger("streamasr.serve")
@@ -45,6 +45,9 @@ class ServerConfig:
     max_frame_bytes: int = 1 << 20  # one binary frame at most (1 MiB = 32 s of s16le)
     max_backlog_s: float = 60.0  # audio waiting to be processed per stream before it is refused
     max_batch: int = 32
+    batch_wait: float = 0.25  # fraction of a chunk a batch may wait for more streams (scheduler.py)
+    warmup_batches: int = 16  # batch sizes warmed up at start-up (scheduler.warm_up)
+    warmup_latency_ms: tuple[int, ...] = ()  # latency modes warmed up; empty: the model's default mode
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
 
 
@@ -57,7 +60,8 @@ class Server:
 
             silero_session()  # a missing silero-vad package fails here, once, not on every stream
         self.metrics = Metrics()
-        self.scheduler = Scheduler(model, self.config.max_batch, on_step=self.metrics.observe_step)
+        self.scheduler = Scheduler(model, self.config.max_batch, on_step=self.metrics.observe_step,
+                                   batch_wait=self.config.batch_wait)
         self.active = 0
 
     # ---------------------------------------------------------------- app
@@ -312,6 +316,12 @@ def run_server(model, config: ServerConfig) -> None:
     from aiohttp import web
 
     server = Server(model, config)
+    batches = min(config.warmup_batches, config.max_batch, config.max_streams)
+    modes = config.warmup_latency_ms or (model.config.encoder.default_latency_ms,)
+    if batches > 0:
+        took = sum(warm_up(model, ms, batches) for ms in modes)
+        print(f"streamasr serve: warmed up batches of 1-{batches} streams at {', '.join(map(str, modes))} ms "
+              f"in {took:.1f} s", flush=True)
     web.run_app(server.app(), host=config.host, port=config.port, access_log=None,
                 print=lambda msg: print(f"streamasr serve: {msg} (model {model.config.model_id}, "
                                         f"max {config.max_streams} streams)", flush=True))

@@ -142,6 +142,20 @@ class StreamSession:
     def ready(self) -> bool:
         return not self.finished and self.stream.encoder.ready()
 
+    def ready_since(self) -> float | None:
+        """Arrival time of the message that completed the next chunk (None while it is incomplete)."""
+        need = self._frames_used + self.stream.encoder.next_width()
+        for frames, arrival in self._marks:
+            if frames >= need:
+                return arrival
+        return None
+
+    @property
+    def streaming(self) -> bool:
+        """Past its first step and expecting more audio: a stream that later steps may wait for."""
+        return (self.stream.encoder.steps > 0 and not (self.end_requested or self.finished or self.failed
+                                                        or self.closed))
+
     def batch_key(self) -> tuple:
         enc = self.stream.encoder
         return (self.latency_ms, enc.next_width(), enc.steps == 0)
