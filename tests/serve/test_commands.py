@@ -46,7 +46,7 @@ def test_serve_and_client_commands(serve_model, short_speech, tmp_path, s16_roun
         proc.terminate()
         proc.wait(10)
     # the model's default latency mode was warmed up at every batch size before the server took streams
-    assert "warmed up batches of 1-16 streams at" in proc.stdout.read().decode()
+    assert "warmed up batches of 1-8 streams at" in proc.stdout.read().decode()
 
 
 def test_serve_rejects_bad_scheduling_options(serve_model, capsys):

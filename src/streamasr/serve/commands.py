@@ -19,7 +19,7 @@ def register(sub) -> None:
     p.add_argument("--batch-wait", type=float, default=0.25, metavar="FRACTION",
                    help="how long (fraction of a chunk) a batch may wait for more streams' chunks; 0 runs "
                         "every ready chunk at once (default: %(default)s)")
-    p.add_argument("--warmup-batches", type=int, default=16, metavar="N",
+    p.add_argument("--warmup-batches", type=int, default=8, metavar="N",
                    help="at start-up, run the encoder once at every batch size up to N (ONNX Runtime's first "
                         "call at a new shape is slow); 0 skips it (default: %(default)s)")
     p.add_argument("--warmup-latency", default=None, metavar="MS[,MS]",

@@ -46,7 +46,7 @@ class ServerConfig:
     max_backlog_s: float = 60.0  # audio waiting to be processed per stream before it is refused
     max_batch: int = 32
     batch_wait: float = 0.25  # fraction of a chunk a batch may wait for more streams (scheduler.py)
-    warmup_batches: int = 16  # batch sizes warmed up at start-up (scheduler.warm_up)
+    warmup_batches: int = 8  # batch sizes warmed up at start-up (scheduler.warm_up)
     warmup_latency_ms: tuple[int, ...] = ()  # latency modes warmed up; empty: the model's default mode
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
 
