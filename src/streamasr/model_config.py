@@ -72,13 +72,13 @@ class EncoderConfig:
 def cache_shapes(enc: EncoderConfig, batch: int = 1) -> dict[str, tuple[int, ...]]:
     """Shapes of a stream's encoder caches, as the exported graph takes them.
 
-    Projected keys are kept as (B, layers, heads, d_k, left) and values as (B, layers, heads, left, d_k),
-    the layouts the attention MatMuls read, so that a step moves no cached frame but the one shift
-    (model format 2; format 1 had (B, layers, left, d_model) for both and is refused on load).
+    Projected keys and values are kept per head as (B, layers, heads, left, d_k), the layout the attention
+    MatMuls read, so that a step moves no cached frame but the one shift, a copy of contiguous blocks
+    (model format 2; format 1 had (B, layers, left, d_model) and is refused on load).
     """
     dk = enc.d_model // enc.n_heads
     return {
-        "k_cache": (batch, enc.n_layers, enc.n_heads, dk, enc.left_context),
+        "k_cache": (batch, enc.n_layers, enc.n_heads, enc.left_context, dk),
         "v_cache": (batch, enc.n_layers, enc.n_heads, enc.left_context, dk),
         "conv_cache": (batch, enc.n_layers, enc.conv_cache, enc.d_model),
     }

@@ -11,8 +11,8 @@ graph is shaped for inference rather than training:
 * The attention cache holds projected keys and values (NeMo's holds the layer-normed input and
   re-projects all 70 cached frames every step). The projections have no bias, so this is the same
   function up to float rounding, at a fraction of the arithmetic.
-* The caches are stored in the layout the attention MatMuls read (keys (B, L, H, d_k, left), values
-  (B, L, H, left, d_k)), and the scores and context are computed over the cache and the new frames
+* The caches are stored per head, frames before d_k (B, L, H, left, d_k), the layout the attention
+  MatMuls read (keys through a transposed MatMul), and the scores and context are computed over the cache and the new frames
   separately, so a step never concatenates, transposes or re-slices the 70 cached frames per layer: only
   the 2-14 new frames are written, and one Slice + Concat at the end shifts every layer's cache at once.
   Per stream and step the caches are 14 MB; moving them was half of a batched step at 160 ms.
@@ -159,15 +159,17 @@ class Attention(nn.Module):
     def forward(
         self, a: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, mask_bias: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """a (B, T, D); k_cache (B, H, dk, left); v_cache (B, H, left, dk) -> output, new keys (B, H, dk, T)
-        and new values (B, H, T, dk) of this chunk (the caller shifts them into the caches)."""
+        """a (B, T, D); k_cache, v_cache (B, H, left, dk) -> output, new keys and values (B, H, T, dk) of this
+        chunk (the caller shifts them into the caches)."""
         b, t, d = a.shape
         q = self.q(a).reshape(b, t, self.h, self.dk).transpose(1, 2)  # (B, H, T, dk), pre-scaled
-        k_new = self.k(a).reshape(b, t, self.h, self.dk).permute(0, 2, 3, 1)  # (B, H, dk, T)
+        k_new = self.k(a).reshape(b, t, self.h, self.dk).transpose(1, 2)  # (B, H, T, dk)
         v_new = self.v(a).reshape(b, t, self.h, self.dk).transpose(1, 2)  # (B, H, T, dk)
         s = self.left + t  # keys: the cache slots, then the T current frames
         qu = q + self.pos_bias_u
-        ac = torch.cat([torch.matmul(qu, k_cache), torch.matmul(qu, k_new)], dim=-1)  # (B, H, T, S)
+        # q.K^T with K stored (frames, dk): ONNX Runtime folds the transpose into the MatMul (FusedMatMul transB)
+        ac = torch.cat([torch.matmul(qu, k_cache.transpose(-1, -2)), torch.matmul(qu, k_new.transpose(-1, -2))],
+                       dim=-1)  # (B, H, T, S)
         # relative offsets left-1+T ... -(T-1): the slice of the table this step needs
         start = self.max_step - t
         pos = self.pos[:, :, start : start + s + t - 1]  # (H, dk, S+T-1)
@@ -187,7 +189,8 @@ class Convolution(nn.Module):
         self.d = arch.encoder.d_model
         self.cache = arch.encoder.conv_cache
         self.pw1 = Linear(_t(sd, p + "pointwise_conv1.weight"), _opt(sd, p + "pointwise_conv1.bias"))
-        self.dw_w = nn.Parameter(_t(sd, p + "depthwise_conv.weight"), requires_grad=False)  # (D, 1, K)
+        # depthwise taps as (K, D): the step applies them as a weighted sum over K shifted views (see forward)
+        self.dw_taps = nn.Parameter(_t(sd, p + "depthwise_conv.weight")[:, 0, :].t().contiguous(), requires_grad=False)
         dw_b = _opt(sd, p + "depthwise_conv.bias")
         self.dw_b = None if dw_b is None else nn.Parameter(dw_b, requires_grad=False)
         nw, nb = _t(sd, p + "batch_norm.weight"), _t(sd, p + "batch_norm.bias")
@@ -206,7 +209,15 @@ class Convolution(nn.Module):
         h = self.pw1(x)
         g = h[..., : self.d] * torch.sigmoid(h[..., self.d :])
         g = torch.cat([conv_cache, g], dim=1)  # (B, K-1+T, D)
-        y = F.conv1d(g.transpose(1, 2), self.dw_w, self.dw_b, groups=self.d).transpose(1, 2)
+        # The causal depthwise conv over T new frames, as sum_k taps[k] * g[t + k]: one Gather of the K views,
+        # a Mul and a ReduceSum. ONNX Runtime runs a grouped Conv as one tiny GEMM per channel (1024 of them
+        # per stream), which cost 2 ms per stream-step of a batched 160 ms step for a few thousand MACs.
+        k = self.dw_taps.shape[0]
+        t = g.shape[1] - (k - 1)
+        index = torch.arange(t, device=g.device).unsqueeze(1) + torch.arange(k, device=g.device).unsqueeze(0)
+        y = (g[:, index] * self.dw_taps).sum(dim=2)  # (B, T, K, D) -> (B, T, D)
+        if self.dw_b is not None:
+            y = y + self.dw_b
         y = self.norm(y) if self.norm is not None else y * self.bn_scale + self.bn_shift
         return self.pw2(F.silu(y)), g[:, -self.cache :]
 
@@ -238,7 +249,7 @@ class EncoderStep(nn.Module):
 
     Inputs:  mel (B, W, n_mels) time-major; drop () int64, encoder frames dropped after pre-encoding
              (0 on a stream's first step, `drop_extra_pre_encoded` after); cache_len (B,) int64;
-             k_cache (B, L, H, d_k, left); v_cache (B, L, H, left, d_k); conv_cache (B, L, K-1, D).
+             k_cache, v_cache (B, L, H, left, d_k); conv_cache (B, L, K-1, D).
     Outputs: encoded (B, T, D), encoded_proj (B, T, joint_hidden), new k/v/conv caches, new cache_len.
     """
 
@@ -273,7 +284,7 @@ class EncoderStep(nn.Module):
             c_out.append(c_next)
         new_len = torch.clamp(cache_len + t, max=self.left)
         # shift every layer's cache by the T new frames at once (T <= left, checked in __init__)
-        k_next = torch.cat([k_cache[..., t:], torch.stack(k_new, dim=1)], dim=-1)
+        k_next = torch.cat([k_cache[:, :, :, t:], torch.stack(k_new, dim=1)], dim=3)
         v_next = torch.cat([v_cache[:, :, :, t:], torch.stack(v_new, dim=1)], dim=3)
         return x, self.joint_enc(x), k_next, v_next, torch.stack(c_out, dim=1), new_len
 
