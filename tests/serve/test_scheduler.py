@@ -169,19 +169,52 @@ def test_warm_up_runs_every_batch_size_and_leaves_streams_alone(serve_model, sho
 
     calls: list[tuple] = []
     backend = serve_model.backend
-    original = backend.encode
+    originals = {name: getattr(backend, name) for name in ("encode", "encode_into")}
 
-    def spy(mel, drop, *rest):
-        calls.append((mel.shape[0], mel.shape[1], int(drop)))
-        return original(mel, drop, *rest)
+    def spy(name):
+        def call(mel, drop, *rest):
+            calls.append((mel.shape[0], mel.shape[1], int(drop)))
+            return originals[name](mel, drop, *rest)
+        return call
 
-    backend.encode = spy
+    for name in originals:
+        setattr(backend, name, spy(name))
     try:
         took = warm_up(serve_model, 160, 3)
     finally:
-        backend.encode = original
+        for name, fn in originals.items():
+            setattr(backend, name, fn)
     assert took > 0
     # batch sizes 1..3, each a first step (drop 0) and a later step (drop > 0)
     assert sorted({(b, d > 0) for b, _, d in calls}) == [(b, later) for b in (1, 2, 3) for later in (False, True)]
     x = short_speech[1]
     assert serve_model.transcribe(x, 160).token_ids == serve_model.transcribe(x, 160).token_ids
+
+
+def test_batch_buffers_give_the_same_steps_as_fresh_arrays(serve_model, short_speech):
+    """encode_batch writing into reused buffers (ORT IOBinding) equals the plain path, step after step, and
+    leaves each stream with its own arrays."""
+    from streamasr.serve.scheduler import BatchBuffers, encode_batch
+
+    def streams():
+        out = []
+        for x in short_speech:
+            st = serve_model.stream(160)
+            st.encoder.buffer(st.frontend.accept(x[:48000]))
+            out.append(st.encoder)
+        return out
+
+    plain, buffered, buffers = streams(), streams(), BatchBuffers()
+    for _ in range(4):
+        a = encode_batch(serve_model.backend, plain)
+        b = encode_batch(serve_model.backend, buffered, buffers)
+        for ca, cb in zip(a, b):
+            np.testing.assert_array_equal(ca.encoded, cb.encoded)
+            np.testing.assert_array_equal(ca.encoded_proj, cb.encoded_proj)
+        for ea, eb in zip(plain, buffered):
+            for name in ("k_cache", "v_cache", "conv_cache", "cache_len"):
+                np.testing.assert_array_equal(getattr(ea, name), getattr(eb, name))
+    ks = [e.k_cache for e in buffered]
+    assert all(k.base is None for k in ks) and len({k.ctypes.data for k in ks}) == len(ks)
+    buffers.clear()
+    assert buffers._arrays == {}

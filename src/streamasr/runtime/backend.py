@@ -111,6 +111,29 @@ class OrtBackend:
         })
         return tuple(out)  # type: ignore[return-value]
 
+    def encode_into(self, mel, drop, cache_len, k_cache, v_cache, conv_cache, k_out, v_out, conv_out):
+        """`encode`, with the three caches written into the given arrays (C-contiguous float32 of the output
+        shapes) instead of new ones: a batching scheduler reuses its buffers rather than allocating and
+        faulting in 14 MB per stream on every step. Returns encoded, encoded_proj, cache_len."""
+        session = self.sessions["encoder"]
+        io = session.io_binding()
+        feeds = {"mel": mel, "drop": np.array(drop, dtype=np.int64), "cache_len": cache_len, "k_cache": k_cache,
+                 "v_cache": v_cache, "conv_cache": conv_cache}
+        for name, value in feeds.items():
+            io.bind_cpu_input(name, np.require(value, requirements="C"))  # (ascontiguousarray makes 0-d 1-d)
+        given = {"k_cache_next": k_out, "v_cache_next": v_out, "conv_cache_next": conv_out}
+        for out in session.get_outputs():
+            buf = given.get(out.name)
+            if buf is None:
+                io.bind_output(out.name, "cpu")
+            else:
+                if not (buf.flags.c_contiguous and buf.dtype == np.float32):
+                    raise ValueError(f"encode_into: {out.name} needs a C-contiguous float32 buffer")
+                io.bind_output(out.name, "cpu", 0, np.float32, list(buf.shape), buf.ctypes.data)
+        session.run_with_iobinding(io)
+        values = dict(zip((o.name for o in session.get_outputs()), io.get_outputs()))
+        return values["encoded"].numpy(), values["encoded_proj"].numpy(), values["cache_len_next"].numpy()
+
     def predict(self, label, h, c):
         return tuple(self.sessions["decoder"].run(None, {"label": label, "h": h, "c": c}))
 
