@@ -120,6 +120,19 @@ class ModelConfig:
     def save(self, directory: Path) -> None:
         (Path(directory) / CONFIG_NAME).write_text(self.to_json() + "\n")
 
+    def save_sized(self, directory: Path) -> "ModelConfig":
+        """Save with `size_bytes` = the directory's size, config.json included; returns the saved config.
+
+        config.json's own length depends on the size it records, so this iterates to the fixed point."""
+        config = self
+        for _ in range(4):
+            config.save(directory)
+            size = directory_size(directory)
+            if size == config.size_bytes:
+                break
+            config = dataclasses.replace(config, size_bytes=size)
+        return config
+
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "ModelConfig":
         enc = dict(d["encoder"])

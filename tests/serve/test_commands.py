@@ -3,36 +3,18 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 
 import soundfile as sf
+from server_process import free_port, running_server
 
 from streamasr.cli import main
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_serve_and_client_commands(serve_model, short_speech, tmp_path, s16_roundtrip):
-    port = _port()
-    proc = subprocess.Popen([sys.executable, "-m", "streamasr.cli", "serve", "--model", str(serve_model.directory),
-                             "--port", str(port), "--threads", "1", "--allow-random", "--endpoint-ms", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        for _ in range(150):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
-                break
-            except OSError:
-                assert proc.poll() is None, proc.stderr.read().decode()
-                time.sleep(0.2)
+    with running_server(serve_model.directory, "--threads", "1", "--endpoint-ms", "0",
+                        stdout=subprocess.PIPE) as (proc, port):
         wav = tmp_path / "a.wav"
         sf.write(wav, short_speech[0], 16000, subtype="PCM_16")
         out = subprocess.run([sys.executable, "-m", "streamasr.cli", "client", str(wav), "--url",
@@ -42,15 +24,12 @@ def test_serve_and_client_commands(serve_model, short_speech, tmp_path, s16_roun
         events = [json.loads(l) for l in out.stdout.splitlines()]
         assert events[-1]["type"] == "final"
         assert events[-1]["text"] == serve_model.transcribe(s16_roundtrip(short_speech[0]), 160).text.strip()
-    finally:
-        proc.terminate()
-        proc.wait(10)
     # the model's default latency mode was warmed up at every batch size before the server took streams
     assert "warmed up batches of 1-8 streams at" in proc.stdout.read().decode()
 
 
 def test_serve_rejects_bad_scheduling_options(serve_model, capsys):
-    model = ["serve", "--model", str(serve_model.directory), "--allow-random", "--port", str(_port())]
+    model = ["serve", "--model", str(serve_model.directory), "--allow-random", "--port", str(free_port())]
     assert main(model + ["--batch-wait", "2"]) == 2
     assert "--batch-wait is a fraction of a chunk" in capsys.readouterr().err
     assert main(model + ["--warmup-batches", "-1"]) == 2
@@ -62,7 +41,7 @@ def test_serve_rejects_bad_scheduling_options(serve_model, capsys):
 
 
 def test_client_errors_are_one_line(capsys):
-    assert main(["client", "--url", f"ws://127.0.0.1:{_port()}", "/nonexistent.wav"]) == 2
+    assert main(["client", "--url", f"ws://127.0.0.1:{free_port()}", "/nonexistent.wav"]) == 2
     assert "no such file" in capsys.readouterr().err
     import numpy as np
 
@@ -72,7 +51,7 @@ def test_client_errors_are_one_line(capsys):
     with tempfile.TemporaryDirectory() as d:
         wav = os.path.join(d, "x.wav")
         sf.write(wav, np.zeros(1600, np.float32), 16000)
-        assert main(["client", "--url", f"ws://127.0.0.1:{_port()}", "--fast", wav]) == 2
+        assert main(["client", "--url", f"ws://127.0.0.1:{free_port()}", "--fast", wav]) == 2
         assert "cannot reach the server" in capsys.readouterr().err
     assert main(["client"]) == 2
 

@@ -5,25 +5,16 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from session_run import run_session
 
 from streamasr.runtime.decoder import Token
-from streamasr.serve.scheduler import Scheduler
-from streamasr.serve.session import EndpointConfig, StreamSession
+from streamasr.serve.session import EndpointConfig
 from streamasr.serve.words import assemble_words, trailing_blank_frames
 
 
 def _run(model, samples, endpoint, latency=160):
-    events = []
-    s = StreamSession(model, latency, endpoint, emit=events.append)
-    sch = Scheduler(model)
-    sch.add(s)
-    s.feed(samples)
-    s.request_end()
-    for _ in range(5000):
-        sch.step()
-        if s.finished:
-            break
-    assert s.finished
+    s, timed = run_session(model, [samples], endpoint, latency)
+    events = [e for e, _ in timed]
     return s, [e for e in events if e["type"] == "final"], events
 
 

@@ -8,25 +8,17 @@ must not grow from round to round (a per-stream leak of caches, inboxes or sessi
 from __future__ import annotations
 
 import asyncio
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
 
 import aiohttp
 import numpy as np
+from server_process import running_server
 
 from streamasr.serve.client import encode_pcm, file_blocks, stream_blocks, stream_url
 
 ROUNDS = 4
 STREAMS = 8
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rss_mb(pid: int) -> float:
@@ -66,18 +58,7 @@ async def _round(base: str, utterances: list[np.ndarray]) -> None:
 
 
 def test_rss_returns_to_idle_after_streams_close(serve_model, short_speech):
-    port = _port()
-    proc = subprocess.Popen([sys.executable, "-m", "streamasr.cli", "serve", "--model", str(serve_model.directory),
-                             "--port", str(port), "--threads", "1", "--allow-random"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        for _ in range(150):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
-                break
-            except OSError:
-                assert proc.poll() is None, proc.stderr.read().decode()
-                time.sleep(0.2)
+    with running_server(serve_model.directory, "--threads", "1") as (proc, port):
         base = f"ws://127.0.0.1:{port}"
         after = []
         for _ in range(ROUNDS):
@@ -93,6 +74,3 @@ def test_rss_returns_to_idle_after_streams_close(serve_model, short_speech):
         # the first round allocates the arenas and batch buffers once; later rounds reuse them
         assert max(after[1:]) - after[0] < 25, after
         assert after[-1] - after[1] < 10, after
-    finally:
-        proc.terminate()
-        proc.wait(10)

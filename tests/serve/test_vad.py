@@ -13,11 +13,11 @@ import sys
 
 import numpy as np
 import pytest
+from session_run import run_session
 
 from streamasr.errors import StreamASRError
 from streamasr.serve import vad as vad_module
-from streamasr.serve.scheduler import Scheduler
-from streamasr.serve.session import EndpointConfig, StreamSession
+from streamasr.serve.session import EndpointConfig
 from streamasr.serve.vad import WINDOW, SileroVAD, SpeechEnds, VadRule
 
 RATE = 16000
@@ -98,20 +98,7 @@ def test_speech_end_rule_on_probabilities():
 
 def _run(model, x, endpoint, pieces=None):
     """Stream x through a session; events with the audio the encoder had consumed when each was sent."""
-    events: list[tuple[dict, float]] = []
-    s = StreamSession(model, 160, endpoint, emit=lambda e: events.append((e, s.audio_processed_s())))
-    sch = Scheduler(model)
-    sch.add(s)
-    for piece in pieces or [x]:
-        s.feed(piece)
-        sch.step()
-    s.request_end()
-    for _ in range(5000):
-        sch.step()
-        if s.finished:
-            break
-    assert s.finished
-    return s, events
+    return run_session(model, pieces or [x], endpoint)
 
 
 def _two_utterances(model, speech):

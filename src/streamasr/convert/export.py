@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import ModelError
-from ..model_config import ModelConfig, directory_size
+from ..model_config import ModelConfig
 from .architecture import Architecture, parse_architecture
 from .nemo_file import NemoCheckpoint
 from .torch_modules import EncoderStep, Joint, PredictionStep, initial_state
@@ -136,7 +136,4 @@ def convert_checkpoint(ckpt: NemoCheckpoint, out_dir: Path, model_id: str, rando
                "frontend": "frontend.npz", "tokenizer": "tokenizer.model", "vocab": "vocab.txt"},
         quantization={"method": "fp32"},
     )
-    config.save(out_dir)
-    sized = ModelConfig(**{**config.__dict__, "size_bytes": directory_size(out_dir)})
-    sized.save(out_dir)
-    return sized
+    return config.save_sized(out_dir)

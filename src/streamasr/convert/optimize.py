@@ -15,17 +15,13 @@ here are the transformers optimizer's, which ORT's built-in optimizer does not a
 from __future__ import annotations
 
 import collections
-import contextlib
-import io
-import logging
-import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError
 from ..model_config import ModelConfig
+from .encoder_file import quiet_tools, replace_encoder
 
 #: our name -> the `FusionOptions` switch of ORT's transformers optimizer (model type "conformer")
 FUSIONS: dict[str, str] = {
@@ -63,30 +59,14 @@ def count_changes(before: dict[str, int], after: dict[str, int]) -> dict[str, li
             if before.get(op, 0) != after.get(op, 0)}
 
 
-@contextlib.contextmanager
-def _quiet():
-    """The optimizer logs every symbolic-shape guess at WARNING and prints statistics on stdout."""
-    loggers = [logging.getLogger(n) for n in ("onnxruntime.transformers", "onnx_model", "fusion_base", "")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-
-
-def fuse_encoder(src: Path, dst: Path, fusions: set[str], num_heads: int, hidden_size: int) -> dict[str, Any]:
-    """Write the fused graph of `src` to `dst` (external data beside it when large); the change record."""
+def fuse_encoder(src: Path, fusions: set[str], num_heads: int, hidden_size: int) -> tuple[Any, dict[str, Any]]:
+    """The fused graph of `src` and the change record."""
     import onnx
     from onnxruntime.transformers import optimizer
 
-    from .quantize import _save_encoder
-
     before = op_counts(onnx.load(str(src), load_external_data=False))
-    with _quiet():
+    # the optimizer logs every symbolic-shape guess at WARNING and prints statistics on stdout
+    with quiet_tools(("onnxruntime.transformers", "onnx_model", "fusion_base", "")):
         fused = optimizer.optimize_model(str(src), model_type="conformer", num_heads=num_heads,
                                          hidden_size=hidden_size, optimization_options=_options(fusions),
                                          opt_level=0, use_gpu=False)
@@ -97,16 +77,13 @@ def fuse_encoder(src: Path, dst: Path, fusions: set[str], num_heads: int, hidden
         # the optimizer leaves the contrib domain undeclared; onnx's shape inference (quantize_dynamic) needs it
         model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
     after = op_counts(model)
-    _save_encoder(model, dst.parent, dst.name)
-    return {"fusions": sorted(fusions), "fused_operators": stats, "nodes_before": sum(before.values()),
-            "nodes_after": sum(after.values()), "op_changes": count_changes(before, after)}
+    return model, {"fusions": sorted(fusions), "fused_operators": stats, "nodes_before": sum(before.values()),
+                   "nodes_after": sum(after.values()), "op_changes": count_changes(before, after)}
 
 
 def optimize_model_dir(model_dir, fusions: set[str] | list[str]) -> dict[str, Any]:
     """Fuse a model directory's encoder in place and record it in config.json under `optimization`."""
     import onnxruntime
-
-    from ..model_config import directory_size
 
     model_dir = Path(model_dir)
     fusions = set(fusions)
@@ -117,26 +94,12 @@ def optimize_model_dir(model_dir, fusions: set[str] | list[str]) -> dict[str, An
     if cfg.optimization.get("fusions"):
         raise ModelError(f"{model_dir} is already optimized ({', '.join(cfg.optimization['fusions'])})")
     filename = cfg.files.get("encoder", "encoder.onnx")
-    tmp = Path(tempfile.mkdtemp(prefix=".optimize-", dir=model_dir))
-    try:
-        record = fuse_encoder(model_dir / filename, tmp / filename, fusions, cfg.encoder.n_heads, cfg.encoder.d_model)
-        data = filename + ".data"
-        if (tmp / data).exists():
-            os.replace(tmp / data, model_dir / data)
-        else:
-            (model_dir / data).unlink(missing_ok=True)
-        os.replace(tmp / filename, model_dir / filename)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    model, record = fuse_encoder(model_dir / filename, fusions, cfg.encoder.n_heads, cfg.encoder.d_model)
+    replace_encoder(model_dir, filename, model, prefix=".optimize-")
+    del model
     record.update({"tool": "onnxruntime.transformers.optimizer (model_type conformer, opt_level 0)",
                    "onnxruntime_version": onnxruntime.__version__})
-    new = ModelConfig(**{**cfg.__dict__, "optimization": record})
-    for _ in range(4):  # config.json's own length enters the size it records
-        new.save(model_dir)
-        size = directory_size(model_dir)
-        if size == new.size_bytes:
-            break
-        new = ModelConfig(**{**new.__dict__, "size_bytes": size})
+    ModelConfig(**{**cfg.__dict__, "optimization": record}).save_sized(model_dir)
     return record
 
 

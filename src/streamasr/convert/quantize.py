@@ -28,9 +28,6 @@ directory and then moved over encoder.onnx (and encoder.onnx.data), so an interr
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import os
 import shutil
 import tempfile
@@ -41,6 +38,7 @@ from typing import Any, Callable
 
 from ..errors import ModelError
 from ..model_config import ModelConfig
+from .encoder_file import quiet_tools, replace_encoder
 
 BLOCK_SIZES = (16, 32, 64, 128)
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)
@@ -211,43 +209,13 @@ _QUANTIZERS: dict[str, Callable] = {"nbits": _quantize_nbits, "dynamic": _quanti
 _QUANT_OPS = {"MatMulNBits", "DynamicQuantizeMatMul", "MatMulInteger"}
 
 
-@contextlib.contextmanager
 def _quiet():
     """ORT's quantizers log every node at INFO and draw a progress bar on stdout; importing
     matmul_nbits_quantizer even calls logging.basicConfig(level=INFO) on the root logger. Keep the CLI's
     output clean and leave the caller's logging configuration as it was."""
-    root = logging.getLogger()
-    root_level, root_handlers = root.level, list(root.handlers)
-    import onnxruntime.quantization.matmul_nbits_quantizer  # noqa: F401  (its import-time basicConfig)
-
-    names = ("", "onnxruntime", "onnxruntime.quantization", "neural_compressor")
-    loggers = [logging.getLogger(n) for n in names]
-    loggers += [logging.getLogger(n) for n in list(logging.root.manager.loggerDict)
-                if n.startswith(("onnxruntime.quantization.", "neural_compressor."))]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-        root.setLevel(root_level)
-        root.handlers[:] = root_handlers
-
-
-def _save_encoder(model, directory: Path, filename: str) -> None:
-    import onnx
-
-    from .export import EXTERNAL_DATA_THRESHOLD
-
-    size = sum(t.ByteSize() for t in model.graph.initializer)
-    if size > EXTERNAL_DATA_THRESHOLD:
-        onnx.save_model(model, str(directory / filename), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=filename + ".data", size_threshold=1024)
-    else:
-        onnx.save_model(model, str(directory / filename))
+    return quiet_tools(("", "onnxruntime", "onnxruntime.quantization", "neural_compressor"),
+                       prefixes=("onnxruntime.quantization.", "neural_compressor."),
+                       imports=("onnxruntime.quantization.matmul_nbits_quantizer",))
 
 
 def _mixed_selection(model_dir: Path, candidates: list[str], block_size: int, sensitivity, budget: float,
@@ -348,18 +316,8 @@ def quantize_model_dir(model_dir, method: str, block_size: int = 32, accuracy_le
     if n_quant == 0:
         raise ModelError(f"{method} quantized no MatMul of {filename}")
 
-    tmp = Path(tempfile.mkdtemp(prefix=".quantize-", dir=model_dir))
-    try:
-        _save_encoder(quantized, tmp, filename)
-        del quantized
-        data = filename + ".data"
-        if (tmp / data).exists():
-            os.replace(tmp / data, model_dir / data)
-        else:
-            (model_dir / data).unlink(missing_ok=True)
-        os.replace(tmp / filename, model_dir / filename)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    replace_encoder(model_dir, filename, quantized, prefix=".quantize-")
+    del quantized
 
     record: dict[str, Any] = {
         "method": method,
@@ -383,13 +341,7 @@ def quantize_model_dir(model_dir, method: str, block_size: int = 32, accuracy_le
         **info,
         "fp16": FP16_NOTE,
     }
-    new = ModelConfig(**{**cfg.__dict__, "quantization": record})
-    for _ in range(4):  # config.json's own length depends on the size it records: iterate to the fixed point
-        new.save(model_dir)
-        size = directory_size(model_dir)
-        if size == new.size_bytes:
-            break
-        new = ModelConfig(**{**new.__dict__, "size_bytes": size})
+    ModelConfig(**{**cfg.__dict__, "quantization": record}).save_sized(model_dir)
     return record
 
 
