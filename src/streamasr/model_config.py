@@ -15,7 +15,7 @@ from typing import Any
 from .errors import ModelError
 
 #: Bumped whenever the directory layout or the graphs' inputs/outputs change incompatibly.
-FORMAT_VERSION = 2  # 2: attention caches in the heads layout (see cache_shapes)
+FORMAT_VERSION = 3  # 2: attention caches in the heads layout; 3: ring buffers, one input per layer (see cache_shapes)
 CONFIG_NAME = "config.json"
 
 
@@ -70,16 +70,18 @@ class EncoderConfig:
 
 
 def cache_shapes(enc: EncoderConfig, batch: int = 1) -> dict[str, tuple[int, ...]]:
-    """Shapes of a stream's encoder caches, as the exported graph takes them.
+    """Shapes of the encoder's cache inputs for a batch: `k_cache` and `v_cache` are ONE layer's ring of
+    projected keys or values (the graph takes one input per layer), `conv_cache` all layers' conv states.
 
-    Projected keys and values are kept per head as (B, layers, heads, left, d_k), the layout the attention
-    MatMuls read, so that a step moves no cached frame but the one shift, a copy of contiguous blocks
-    (model format 2; format 1 had (B, layers, left, d_model) and is refused on load).
+    Keys and values are kept per head as (B, heads, left, d_k), the layout the attention MatMuls read, in
+    ring order: a step reads them in place and only its new frames are written (model format 3; format 2
+    stacked the layers and shifted the caches, format 1 had (B, layers, left, d_model); both are refused
+    on load).
     """
     dk = enc.d_model // enc.n_heads
     return {
-        "k_cache": (batch, enc.n_layers, enc.n_heads, enc.left_context, dk),
-        "v_cache": (batch, enc.n_layers, enc.n_heads, enc.left_context, dk),
+        "k_cache": (batch, enc.n_heads, enc.left_context, dk),
+        "v_cache": (batch, enc.n_heads, enc.left_context, dk),
         "conv_cache": (batch, enc.n_layers, enc.conv_cache, enc.d_model),
     }
 
@@ -172,7 +174,7 @@ class ModelConfig:
         if version < FORMAT_VERSION:
             raise ModelError(
                 f"{directory} uses model format {version}, older than this streamasr's ({FORMAT_VERSION}): "
-                "its encoder caches have another layout; re-convert it with `streamasr convert`"
+                "its encoder graph has other cache inputs; re-convert it with `streamasr convert`"
             )
         try:
             return ModelConfig.from_dict(raw)

@@ -19,13 +19,18 @@ from ..errors import ModelError
 from ..model_config import ModelConfig
 from .architecture import Architecture, parse_architecture
 from .nemo_file import NemoCheckpoint
-from .torch_modules import EncoderStep, Joint, PredictionStep, initial_state
+from .torch_modules import EncoderStep, Joint, PredictionStep, initial_inputs
 
 OPSET = 17
 EXTERNAL_DATA_THRESHOLD = 512 << 20  # graphs larger than this keep their weights in a side file
 
-ENCODER_INPUTS = ["mel", "drop", "cache_len", "k_cache", "v_cache", "conv_cache"]
-ENCODER_OUTPUTS = ["encoded", "encoded_proj", "k_cache_next", "v_cache_next", "conv_cache_next", "cache_len_next"]
+ENCODER_OUTPUTS = ["encoded", "encoded_proj", "k_new", "v_new", "conv_cache_next"]
+
+
+def encoder_input_names(n_layers: int) -> list[str]:
+    """The encoder step's inputs, in order (see torch_modules.EncoderStep)."""
+    return (["mel", "drop", "cache_len", "cache_start", "conv_cache"] + [f"k_cache_{i}" for i in range(n_layers)]
+            + [f"v_cache_{i}" for i in range(n_layers)])
 
 
 def _export(module, args: tuple, path: Path, inputs: list[str], outputs: list[str], dynamic: dict[str, dict[int, str]]) -> None:
@@ -59,20 +64,17 @@ def export_encoder(arch: Architecture, sd: dict[str, Any], path: Path) -> None:
     module = EncoderStep(arch, sd).eval()
     mode = enc.latency_modes[0]
     width = enc.pre_encode_cache + enc.subsampling_factor * (mode.right_context + 1)
-    state = initial_state(arch)
-    args = (
-        torch.zeros(1, width, arch.frontend.n_mels),
-        torch.tensor(enc.drop_extra_pre_encoded, dtype=torch.int64),
-        torch.tensor([3], dtype=torch.int64),
-        state["k_cache"],
-        state["v_cache"],
-        state["conv_cache"],
-    )
+    caches = initial_inputs(arch)
+    caches[0][0] = 3  # a non-zero cache_len, so that tracing sees the general case
+    args = (torch.zeros(1, width, arch.frontend.n_mels), torch.tensor(enc.drop_extra_pre_encoded, dtype=torch.int64),
+            *caches)
+    inputs = encoder_input_names(enc.n_layers)
     b = {0: "batch"}
-    dynamic = {"mel": {0: "batch", 1: "mel_frames"}, "cache_len": b, "k_cache": b, "v_cache": b, "conv_cache": b,
-               "encoded": {0: "batch", 1: "frames"}, "encoded_proj": {0: "batch", 1: "frames"},
-               "k_cache_next": b, "v_cache_next": b, "conv_cache_next": b, "cache_len_next": b}
-    _export(module, args, path, ENCODER_INPUTS, ENCODER_OUTPUTS, dynamic)
+    dynamic = {name: b for name in inputs[2:]}
+    dynamic["mel"] = {0: "batch", 1: "mel_frames"}
+    dynamic.update({"encoded": {0: "batch", 1: "frames"}, "encoded_proj": {0: "batch", 1: "frames"},
+                    "k_new": {0: "batch", 3: "frames"}, "v_new": {0: "batch", 3: "frames"}, "conv_cache_next": b})
+    _export(module, args, path, inputs, ENCODER_OUTPUTS, dynamic)
 
 
 def export_decoder(arch: Architecture, sd: dict[str, Any], path: Path) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..frontend import log_mel
+from ..runtime.cache import CacheFeeds
 from ..runtime.decoder import GreedyDecoder
 from ..runtime.encoder import StreamingEncoder
 from .architecture import Architecture, parse_architecture
@@ -26,8 +27,8 @@ class TorchBackend:
         self.joint_net = Joint(arch, state_dict).eval()
 
     @torch.no_grad()
-    def encode(self, mel, drop, cache_len, k_cache, v_cache, conv_cache):
-        args = [torch.from_numpy(np.ascontiguousarray(a)) for a in (mel, np.array(drop), cache_len, k_cache, v_cache, conv_cache)]
+    def encode(self, mel, drop, caches: CacheFeeds):
+        args = [torch.from_numpy(np.ascontiguousarray(a)) for a in (mel, np.array(drop), *caches.as_args())]
         return tuple(t.numpy() for t in self.encoder(*args))
 
     @torch.no_grad()

@@ -11,11 +11,14 @@ graph is shaped for inference rather than training:
 * The attention cache holds projected keys and values (NeMo's holds the layer-normed input and
   re-projects all 70 cached frames every step). The projections have no bias, so this is the same
   function up to float rounding, at a fraction of the arithmetic.
-* The caches are stored per head, frames before d_k (B, L, H, left, d_k), the layout the attention
-  MatMuls read (keys through a transposed MatMul), and the scores and context are computed over the cache and the new frames
-  separately, so a step never concatenates, transposes or re-slices the 70 cached frames per layer: only
-  the 2-14 new frames are written, and one Slice + Concat at the end shifts every layer's cache at once.
-  Per stream and step the caches are 14 MB; moving them was half of a batched step at 160 ms.
+* The attention caches are ring buffers, one graph input per layer, stored per head with frames before d_k
+  (B, H, left, d_k), the layout the attention MatMuls read (keys through a transposed MatMul). A step reads
+  them in place and returns only its T new keys and values; the caller writes those over the oldest slots
+  (from `cache_start`, wrapping). Softmax does not care in which order keys come, so only the two
+  order-dependent terms follow the ring: the relative-position scores are permuted per stream with one
+  GatherElements, and the mask is computed from each slot's age. Before (model format 2) a step shifted
+  all 24 layers' caches (14 MB per stream) inside the graph, gathered each layer's slice out of one stacked
+  input, and the host copied the whole caches back: 30% of a batched step at 160 ms.
 * The relative-position projection `linear_pos(pe(r))` depends only on the relative offset r, so it is
   precomputed for every r a step can use and sliced in the graph.
 * The 1/sqrt(d_k) attention scale is folded into W_q and the position biases, the feed-forward 0.5 into
@@ -157,25 +160,29 @@ class Attention(nn.Module):
         self.pos = nn.Parameter(pos.reshape(-1, self.h, self.dk).permute(1, 2, 0).contiguous(), requires_grad=False)
 
     def forward(
-        self, a: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, mask_bias: torch.Tensor
+        self, a: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, mask_bias: torch.Tensor,
+        ring_order: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """a (B, T, D); k_cache, v_cache (B, H, left, dk) -> output, new keys and values (B, H, T, dk) of this
-        chunk (the caller shifts them into the caches)."""
+        """a (B, T, D); k_cache, v_cache (B, H, left, dk) ring buffers; mask_bias (B, 1, 1, left + T);
+        ring_order (B, H, T, left): for each cache slot, its index in oldest-first order. Returns the output
+        and this chunk's new keys and values (B, H, T, dk), which the caller writes into the rings."""
         b, t, d = a.shape
         q = self.q(a).reshape(b, t, self.h, self.dk).transpose(1, 2)  # (B, H, T, dk), pre-scaled
         k_new = self.k(a).reshape(b, t, self.h, self.dk).transpose(1, 2)  # (B, H, T, dk)
         v_new = self.v(a).reshape(b, t, self.h, self.dk).transpose(1, 2)  # (B, H, T, dk)
         s = self.left + t  # keys: the cache slots, then the T current frames
         qu = q + self.pos_bias_u
-        # q.K^T with K stored (frames, dk): ONNX Runtime folds the transpose into the MatMul (FusedMatMul transB)
-        ac = torch.cat([torch.matmul(qu, k_cache.transpose(-1, -2)), torch.matmul(qu, k_new.transpose(-1, -2))],
-                       dim=-1)  # (B, H, T, S)
-        # relative offsets left-1+T ... -(T-1): the slice of the table this step needs
+        # position scores in oldest-first key order: relative offsets left-1+T ... -(T-1), the slice of the
+        # table this step needs, skewed into (T, S) as NeMo's rel_shift does
         start = self.max_step - t
         pos = self.pos[:, :, start : start + s + t - 1]  # (H, dk, S+T-1)
         bd = torch.matmul(q + self.pos_bias_v, pos)  # (B, H, T, S+T-1)
         bd = F.pad(bd, (1, 0)).reshape(b, self.h, s + t, t)[:, :, 1:].reshape(b, self.h, t, s + t - 1)[..., :s]
-        probs = torch.softmax(ac + bd + mask_bias, dim=-1)
+        bd_cache = torch.gather(bd[..., : self.left], 3, ring_order)  # into ring-slot order
+        # q.K^T with K stored (frames, dk): ONNX Runtime folds the transpose into the MatMul (FusedMatMul transB)
+        scores = torch.cat([torch.matmul(qu, k_cache.transpose(-1, -2)) + bd_cache,
+                            torch.matmul(qu, k_new.transpose(-1, -2)) + bd[..., self.left :]], dim=-1)
+        probs = torch.softmax(scores + mask_bias, dim=-1)
         ctx = torch.matmul(probs[..., : self.left], v_cache) + torch.matmul(probs[..., self.left :], v_new)
         return self.out(ctx.transpose(1, 2).reshape(b, t, d)), k_new, v_new
 
@@ -234,9 +241,9 @@ class ConformerLayer(nn.Module):
         self.ff2 = FeedForward(sd, p, "feed_forward2")
         self.norm_out = LayerNorm(_t(sd, p + "norm_out.weight"), _t(sd, p + "norm_out.bias"))
 
-    def forward(self, x, k_cache, v_cache, conv_cache, mask_bias):
+    def forward(self, x, k_cache, v_cache, conv_cache, mask_bias, ring_order):
         x = x + self.ff1(x)
-        att, k_new, v_new = self.att(self.norm_att(x), k_cache, v_cache, mask_bias)
+        att, k_new, v_new = self.att(self.norm_att(x), k_cache, v_cache, mask_bias, ring_order)
         x = x + att
         conv, conv_next = self.conv(self.norm_conv(x), conv_cache)
         x = x + conv
@@ -245,48 +252,53 @@ class ConformerLayer(nn.Module):
 
 
 class EncoderStep(nn.Module):
-    """One streaming step: mel chunk + caches -> encoded frames (and their joint projection) + caches.
+    """One streaming step: mel chunk + caches -> encoded frames (and their joint projection) + new cache entries.
 
     Inputs:  mel (B, W, n_mels) time-major; drop () int64, encoder frames dropped after pre-encoding
-             (0 on a stream's first step, `drop_extra_pre_encoded` after); cache_len (B,) int64;
-             k_cache, v_cache (B, L, H, left, d_k); conv_cache (B, L, K-1, D).
-    Outputs: encoded (B, T, D), encoded_proj (B, T, joint_hidden), new k/v/conv caches, new cache_len.
+             (0 on a stream's first step, `drop_extra_pre_encoded` after); cache_len (B,) int64, valid cache
+             frames; cache_start (B,) int64, the ring slot of the oldest frame (where the next frame goes);
+             conv_cache (B, L, K-1, D); then k_cache_0..k_cache_{L-1} and v_cache_0..v_cache_{L-1}, each
+             (B, H, left, d_k): one input per layer, so the graph reads the caller's arrays in place.
+    Outputs: encoded (B, T, D), encoded_proj (B, T, joint_hidden), k_new and v_new (B, L, H, T, d_k), this
+             step's keys and values for the caller to write into the rings at cache_start, conv_cache_next.
     """
 
     def __init__(self, arch: Architecture, sd: dict[str, Any]):
         super().__init__()
         enc = arch.encoder
         self.left = enc.left_context
+        self.n_layers = enc.n_layers
+        self.n_heads = enc.n_heads
         self.xscale = math.sqrt(enc.d_model) if arch.xscaling else None
         self.pre_encode = PreEncode(arch, sd)
         pe = relative_position_table(enc.d_model, self.left + enc.max_step_frames - 1, -(enc.max_step_frames - 1))
         self.layers = nn.ModuleList(ConformerLayer(arch, sd, i, pe) for i in range(enc.n_layers))
         if enc.max_step_frames > self.left:
-            raise ValueError("a step longer than the attention cache would shift frames past it")
+            raise ValueError("a step longer than the attention cache would overwrite its own frames in the ring")
         self.joint_enc = Linear(_t(sd, "joint.enc.weight"), _opt(sd, "joint.enc.bias"))
 
-    def forward(self, mel, drop, cache_len, k_cache, v_cache, conv_cache):
+    def forward(self, mel, drop, cache_len, cache_start, conv_cache, *kv):
+        k_cache, v_cache = kv[: self.n_layers], kv[self.n_layers :]
         x = self.pre_encode(mel)
         x = x[:, drop:]
         if self.xscale is not None:
             x = x * self.xscale
-        t = x.shape[1]
-        # keys: `left` cache slots (valid ones right-aligned) followed by the T current frames
-        key_index = torch.arange(self.left, device=x.device).unsqueeze(0)  # (1, left)
-        cache_masked = key_index < (self.left - cache_len).unsqueeze(1)  # (B, left)
+        b, t = x.shape[0], x.shape[1]
+        # each ring slot's place in oldest-first order, and the mask of slots not yet filled
+        slot = torch.arange(self.left, device=x.device).unsqueeze(0)  # (1, left)
+        age_order = torch.remainder(slot - cache_start.unsqueeze(1), self.left)  # (B, left)
+        cache_masked = age_order < (self.left - cache_len).unsqueeze(1)
         mask_cache = torch.where(cache_masked, MASK_VALUE, 0.0)
         mask_bias = torch.cat([mask_cache, torch.zeros_like(x[:, :, 0])], dim=1)[:, None, None, :]
+        ring_order = age_order[:, None, None, :].expand(b, self.n_heads, t, self.left)
         k_new, v_new, c_out = [], [], []
         for i, layer in enumerate(self.layers):
-            x, k, v, c_next = layer(x, k_cache[:, i], v_cache[:, i], conv_cache[:, i], mask_bias)
+            x, k, v, c_next = layer(x, k_cache[i], v_cache[i], conv_cache[:, i], mask_bias, ring_order)
             k_new.append(k)
             v_new.append(v)
             c_out.append(c_next)
-        new_len = torch.clamp(cache_len + t, max=self.left)
-        # shift every layer's cache by the T new frames at once (T <= left, checked in __init__)
-        k_next = torch.cat([k_cache[:, :, :, t:], torch.stack(k_new, dim=1)], dim=3)
-        v_next = torch.cat([v_cache[:, :, :, t:], torch.stack(v_new, dim=1)], dim=3)
-        return x, self.joint_enc(x), k_next, v_next, torch.stack(c_out, dim=1), new_len
+        return (x, self.joint_enc(x), torch.stack(k_new, dim=1), torch.stack(v_new, dim=1),
+                torch.stack(c_out, dim=1))
 
 
 class PredictionStep(nn.Module):
@@ -333,8 +345,11 @@ class Joint(nn.Module):
         return best, logp
 
 
-def initial_state(arch: Architecture, batch: int = 1) -> dict[str, torch.Tensor]:
+def initial_inputs(arch: Architecture, batch: int = 1) -> tuple[torch.Tensor, ...]:
+    """An empty stream's cache inputs in the encoder step's order: cache_len, cache_start, conv_cache, then
+    the per-layer k and v rings."""
     shapes = cache_shapes(arch.encoder, batch)
-    state = {name: torch.zeros(shape) for name, shape in shapes.items()}
-    state["cache_len"] = torch.zeros(batch, dtype=torch.int64)
-    return state
+    n = arch.encoder.n_layers
+    rings = [torch.zeros(shapes["k_cache"]) for _ in range(n)] + [torch.zeros(shapes["v_cache"]) for _ in range(n)]
+    zero = torch.zeros(batch, dtype=torch.int64)
+    return (zero, zero.clone(), torch.zeros(shapes["conv_cache"]), *rings)

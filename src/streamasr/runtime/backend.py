@@ -14,16 +14,15 @@ from typing import Protocol
 import numpy as np
 
 from ..errors import ModelError
+from .cache import CacheFeeds
 
-EncoderOut = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+EncoderOut = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 class Backend(Protocol):
-    def encode(
-        self, mel: np.ndarray, drop: int, cache_len: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
-        conv_cache: np.ndarray,
-    ) -> EncoderOut:
-        """mel (B, W, n_mels) -> encoded (B,T,D), encoded_proj (B,T,J), k, v, conv caches, cache_len."""
+    def encode(self, mel: np.ndarray, drop: int, caches: CacheFeeds) -> EncoderOut:
+        """mel (B, W, n_mels) -> encoded (B,T,D), encoded_proj (B,T,J), the step's new keys and values
+        (B, L, H, T, d_k) and the next conv caches (B, L, K-1, D); see runtime/cache.py."""
 
     def predict(self, label: np.ndarray, h: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """label (B,) int64 -> projected prediction output (B, J), h, c (layers, B, H)."""
@@ -104,35 +103,10 @@ class OrtBackend:
                                  f"{session.get_providers()}); see onnxruntime's error log above")
             self.sessions[name] = session
 
-    def encode(self, mel, drop, cache_len, k_cache, v_cache, conv_cache) -> EncoderOut:
-        out = self.sessions["encoder"].run(None, {
-            "mel": mel, "drop": np.array(drop, dtype=np.int64), "cache_len": cache_len,
-            "k_cache": k_cache, "v_cache": v_cache, "conv_cache": conv_cache,
-        })
-        return tuple(out)  # type: ignore[return-value]
-
-    def encode_into(self, mel, drop, cache_len, k_cache, v_cache, conv_cache, k_out, v_out, conv_out):
-        """`encode`, with the three caches written into the given arrays (C-contiguous float32 of the output
-        shapes) instead of new ones: a batching scheduler reuses its buffers rather than allocating and
-        faulting in 14 MB per stream on every step. Returns encoded, encoded_proj, cache_len."""
-        session = self.sessions["encoder"]
-        io = session.io_binding()
-        feeds = {"mel": mel, "drop": np.array(drop, dtype=np.int64), "cache_len": cache_len, "k_cache": k_cache,
-                 "v_cache": v_cache, "conv_cache": conv_cache}
-        for name, value in feeds.items():
-            io.bind_cpu_input(name, np.require(value, requirements="C"))  # (ascontiguousarray makes 0-d 1-d)
-        given = {"k_cache_next": k_out, "v_cache_next": v_out, "conv_cache_next": conv_out}
-        for out in session.get_outputs():
-            buf = given.get(out.name)
-            if buf is None:
-                io.bind_output(out.name, "cpu")
-            else:
-                if not (buf.flags.c_contiguous and buf.dtype == np.float32):
-                    raise ValueError(f"encode_into: {out.name} needs a C-contiguous float32 buffer")
-                io.bind_output(out.name, "cpu", 0, np.float32, list(buf.shape), buf.ctypes.data)
-        session.run_with_iobinding(io)
-        values = dict(zip((o.name for o in session.get_outputs()), io.get_outputs()))
-        return values["encoded"].numpy(), values["encoded_proj"].numpy(), values["cache_len_next"].numpy()
+    def encode(self, mel, drop, caches: CacheFeeds) -> EncoderOut:
+        # (ORT reads C-contiguous float32 numpy inputs in place: the cache rings are not copied)
+        feeds = {"mel": mel, "drop": np.array(drop, dtype=np.int64), **caches.as_inputs()}
+        return tuple(self.sessions["encoder"].run(None, feeds))  # type: ignore[return-value]
 
     def predict(self, label, h, c):
         return tuple(self.sessions["decoder"].run(None, {"label": label, "h": h, "c": c}))

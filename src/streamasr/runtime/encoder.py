@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..model_config import EncoderConfig, LatencyMode, cache_shapes
+from ..model_config import EncoderConfig, LatencyMode
 from .backend import Backend
+from .cache import EncoderCache
 
 
 @dataclass(frozen=True)
@@ -57,11 +58,7 @@ class StreamingEncoder:
         self._history = np.zeros((self.schedule.pre_encode_cache, n_mels), dtype=np.float32)
         self._steps = 0
         self._frames_out = 0
-        self.cache_len = np.zeros(1, dtype=np.int64)
-        shapes = cache_shapes(enc)
-        self.k_cache = np.zeros(shapes["k_cache"], dtype=np.float32)
-        self.v_cache = np.zeros(shapes["v_cache"], dtype=np.float32)
-        self.conv_cache = np.zeros(shapes["conv_cache"], dtype=np.float32)
+        self.cache = EncoderCache(enc)
 
     @property
     def steps(self) -> int:
@@ -105,7 +102,7 @@ class StreamingEncoder:
         return np.concatenate((self._history, new)), self.schedule.drop
 
     def advance(self, width: int, encoded: np.ndarray, encoded_proj: np.ndarray) -> EncodedChunk:
-        """Commit a step's result (caches must already be updated): consume frames, keep mel history."""
+        """Commit a step's result (`cache` must already be updated): consume frames, keep mel history."""
         consumed = self._pending[:width]
         self._pending = self._pending[width:]
         self._history = np.concatenate((self._history, consumed))[-self.schedule.pre_encode_cache :]
@@ -116,7 +113,6 @@ class StreamingEncoder:
 
     def _step(self, width: int) -> EncodedChunk:
         mel, drop = self.next_input(width)
-        enc, proj, self.k_cache, self.v_cache, self.conv_cache, self.cache_len = self.backend.encode(
-            mel[None], drop, self.cache_len, self.k_cache, self.v_cache, self.conv_cache
-        )
+        enc, proj, k_new, v_new, conv_next = self.backend.encode(mel[None], drop, self.cache.feeds())
+        self.cache.update(k_new[0], v_new[0], conv_next[0])
         return self.advance(width, enc[0], proj[0])

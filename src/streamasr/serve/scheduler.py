@@ -5,8 +5,9 @@ Each round:
    encoder, nothing is encoded yet);
 2. the sessions with a complete chunk are grouped by (latency mode, step width, first step or not) -- the
    items of one encoder call must share the mel width and the `drop` count -- and each group runs as ONE
-   ONNX Runtime call with a batch axis (up to `max_batch` streams): mel inputs are stacked, the per-stream
-   caches (k, v, conv, cache_len) are gathered along the batch axis and the updated caches scattered back;
+   ONNX Runtime call with a batch axis (up to `max_batch` streams): mel inputs are stacked, each stream's
+   cache rings are copied once into the batch, and the step's new keys and values are written back into
+   each stream's own rings (runtime/cache.py);
 3. each stream decodes its own chunk with its own RNN-T decoder state (greedy decoding is per stream);
 4. sessions whose client sent `end` and have no complete chunk left encode their tail and emit the final.
 
@@ -33,89 +34,29 @@ from typing import Callable
 
 import numpy as np
 
+from ..runtime.cache import BatchBuffers, batch_feeds
 from ..runtime.encoder import EncodedChunk, StreamingEncoder
 from .session import StreamSession
 
 log = logging.getLogger("streamasr.serve")
 
 
-class BatchBuffers:
-    """Reusable arrays for the batched caches (gathered inputs and the graph's cache outputs).
-
-    Gathering into fresh arrays and letting ONNX Runtime allocate fresh outputs cost 20% of a batched step
-    on the full-size model (10.5 ms of 53 ms for 4 streams at 160 ms): every step allocated and faulted in
-    about 4 x 14 MB per stream. The buffers grow to the largest batch seen and are dropped when the
-    server has no streams, so that memory returns to its idle level.
-    """
-
-    def __init__(self):
-        self._arrays: dict[str, np.ndarray] = {}
-
-    def get(self, name: str, shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
-        """A C-contiguous (shape) array; its contents are whatever was there."""
-        have = self._arrays.get(name)
-        if have is None or have.shape[1:] != shape[1:] or have.shape[0] < shape[0] or have.dtype != dtype:
-            have = np.empty((max(shape[0], have.shape[0] if have is not None else 0),) + tuple(shape[1:]), dtype)
-            self._arrays[name] = have
-        return have[: shape[0]]
-
-    def clear(self) -> None:
-        self._arrays.clear()
-
-
 def encode_batch(backend, encoders: list[StreamingEncoder], buffers: BatchBuffers | None = None) -> list[EncodedChunk]:
     """Run the next step of every encoder in one batched call. All must share width and first-step-ness.
 
-    With `buffers` and a backend that can write into given arrays (`encode_into`), the caches are gathered
-    into and read back from reused buffers and copied into each stream's own arrays in place."""
+    Each stream's cache rings are copied once into the batch (into `buffers` when given); the graph
+    returns only the new frames, which each stream writes into its own rings."""
     width = encoders[0].next_width()
     inputs = [e.next_input(width) for e in encoders]
     drop = inputs[0][1]
     if any(e.next_width() != width for e in encoders) or any(d != drop for _, d in inputs):
         raise ValueError("encode_batch: steps of different shapes cannot share a call")
     mel = np.stack([m for m, _ in inputs])
-    if len(encoders) == 1 or buffers is None or not hasattr(backend, "encode_into"):
-        return _encode_batch_plain(backend, encoders, width, mel, drop)
-    n = len(encoders)
-    cache_len = np.concatenate([e.cache_len for e in encoders])
-    gathered, outs = {}, {}
-    for name in ("k_cache", "v_cache", "conv_cache"):
-        shape = (n,) + getattr(encoders[0], name).shape[1:]
-        gathered[name] = np.concatenate([getattr(e, name) for e in encoders], out=buffers.get(name, shape))
-        outs[name] = buffers.get(name + "_next", shape)
-    enc, proj, cache_len = backend.encode_into(mel, drop, cache_len, gathered["k_cache"], gathered["v_cache"],
-                                               gathered["conv_cache"], outs["k_cache"], outs["v_cache"],
-                                               outs["conv_cache"])
+    enc, proj, k_new, v_new, conv_next = backend.encode(mel, drop, batch_feeds([e.cache for e in encoders], buffers))
     chunks = []
     for i, e in enumerate(encoders):
-        for name in ("k_cache", "v_cache", "conv_cache"):
-            mine = getattr(e, name)
-            if mine.flags.writeable and mine.flags.c_contiguous and mine.base is None:
-                mine[...] = outs[name][i : i + 1]  # in place: the stream keeps its own array
-            else:  # (an array it got as a view or read-only from elsewhere: give it its own)
-                setattr(e, name, outs[name][i : i + 1].copy())
-        e.cache_len = np.asarray(cache_len[i : i + 1]).copy()
-        chunks.append(e.advance(width, enc[i].copy(), proj[i].copy()))
-    return chunks
-
-
-def _encode_batch_plain(backend, encoders, width, mel, drop) -> list[EncodedChunk]:
-    if len(encoders) == 1:
-        e = encoders[0]
-        cache_len, k, v, conv = e.cache_len, e.k_cache, e.v_cache, e.conv_cache
-    else:
-        cache_len = np.concatenate([e.cache_len for e in encoders])
-        k = np.concatenate([e.k_cache for e in encoders])
-        v = np.concatenate([e.v_cache for e in encoders])
-        conv = np.concatenate([e.conv_cache for e in encoders])
-    enc, proj, k, v, conv, cache_len = backend.encode(mel, drop, cache_len, k, v, conv)
-    chunks = []
-    for i, e in enumerate(encoders):
+        e.cache.update(k_new[i], v_new[i], conv_next[i])
         # copies, so that no stream keeps the whole batch's arrays alive through a view
-        e.k_cache = k[i : i + 1].copy()
-        e.v_cache = v[i : i + 1].copy()
-        e.conv_cache = conv[i : i + 1].copy()
-        e.cache_len = np.asarray(cache_len[i : i + 1]).copy()
         chunks.append(e.advance(width, enc[i].copy(), proj[i].copy()))
     return chunks
 

@@ -1,0 +1,129 @@
+"""A stream's encoder caches, kept as ring buffers, and how a step's cache inputs are assembled.
+
+The encoder step (model format 3) reads each layer's attention cache where it lies and returns only the
+step's new keys and values; this module owns the rest of the bookkeeping: writing those frames over the
+oldest slots, the ring's start and fill level, and, for a batched step, one copy of each stream's rings
+into a batch buffer. Before, a step shifted every layer's 70 cached frames inside the graph, and a batched
+step also copied the caches into and back out of the batch: four copies of 14 MB per stream and step at
+full size, where now there is one (none for a stream stepped alone).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..model_config import EncoderConfig, cache_shapes
+
+
+@dataclass
+class CacheFeeds:
+    """The encoder step's cache inputs for a batch of B streams (see torch_modules.EncoderStep)."""
+
+    cache_len: np.ndarray  # (B,) int64
+    cache_start: np.ndarray  # (B,) int64
+    conv: np.ndarray  # (B, L, K-1, D)
+    k: list[np.ndarray]  # L arrays (B, H, left, d_k), C-contiguous
+    v: list[np.ndarray]
+
+    def as_inputs(self) -> dict[str, np.ndarray]:
+        """Named graph inputs (the ONNX encoder's input names)."""
+        feeds = {"cache_len": self.cache_len, "cache_start": self.cache_start, "conv_cache": self.conv}
+        feeds.update({f"k_cache_{i}": k for i, k in enumerate(self.k)})
+        feeds.update({f"v_cache_{i}": v for i, v in enumerate(self.v)})
+        return feeds
+
+    def as_args(self) -> tuple[np.ndarray, ...]:
+        """Positional graph inputs after mel and drop, in the exported order."""
+        return (self.cache_len, self.cache_start, self.conv, *self.k, *self.v)
+
+
+class EncoderCache:
+    """One stream's caches: per-layer rings of projected keys and values (L, H, left, d_k), the conv states
+    (L, K-1, D), how many ring frames are valid and which slot holds the oldest."""
+
+    def __init__(self, enc: EncoderConfig):
+        shapes = cache_shapes(enc, 1)
+        self.left = enc.left_context
+        self.k = np.zeros((enc.n_layers,) + shapes["k_cache"][1:], dtype=np.float32)
+        self.v = np.zeros((enc.n_layers,) + shapes["v_cache"][1:], dtype=np.float32)
+        self.conv = np.zeros(shapes["conv_cache"][1:], dtype=np.float32)
+        self.length = 0
+        self.start = 0
+
+    def feeds(self) -> CacheFeeds:
+        """Inputs for a step of this stream alone: views of its own arrays, nothing copied."""
+        return CacheFeeds(np.array([self.length], dtype=np.int64), np.array([self.start], dtype=np.int64),
+                          self.conv[None], [k[None] for k in self.k], [v[None] for v in self.v])
+
+    def update(self, k_new: np.ndarray, v_new: np.ndarray, conv_next: np.ndarray) -> None:
+        """Write a step's new keys and values (L, H, T, d_k) over the T oldest slots; take its conv states."""
+        t = k_new.shape[2]
+        if t > self.left:
+            raise ValueError(f"a step of {t} frames does not fit a ring of {self.left}")
+        end = self.start + t
+        if end <= self.left:
+            self.k[:, :, self.start : end] = k_new
+            self.v[:, :, self.start : end] = v_new
+        else:  # wraps around
+            first = self.left - self.start
+            self.k[:, :, self.start :] = k_new[:, :, :first]
+            self.v[:, :, self.start :] = v_new[:, :, :first]
+            self.k[:, :, : end - self.left] = k_new[:, :, first:]
+            self.v[:, :, : end - self.left] = v_new[:, :, first:]
+        self.conv[...] = conv_next
+        self.start = end % self.left
+        self.length = min(self.length + t, self.left)
+
+    def oldest_first(self) -> tuple[np.ndarray, np.ndarray]:
+        """The valid cached keys and values in time order (L, H, length, d_k): for tests and inspection."""
+        order = (self.start + np.arange(self.left)) % self.left
+        order = order[self.left - self.length :]
+        return self.k[:, :, order], self.v[:, :, order]
+
+
+class BatchBuffers:
+    """Reusable arrays for batched cache inputs.
+
+    Gathering into fresh arrays cost every batched step an allocation and page faults of 14 MB per stream.
+    The buffers grow to the largest batch seen and are dropped when the server has no streams, so that
+    memory returns to its idle level.
+    """
+
+    def __init__(self):
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], axis: int = 0) -> np.ndarray:
+        """A float32 array of `shape` whose `axis` (the batch axis) is a leading slice of a larger buffer,
+        so that with axis 1 every `[i]` is C-contiguous; its contents are whatever was there."""
+        have = self._arrays.get(name)
+        other = shape[:axis] + shape[axis + 1 :]
+        if have is None or have.shape[:axis] + have.shape[axis + 1 :] != other or have.shape[axis] < shape[axis]:
+            have = np.empty(shape, dtype=np.float32)
+            self._arrays[name] = have
+        return have[(slice(None),) * axis + (slice(0, shape[axis]),)]
+
+    def clear(self) -> None:
+        self._arrays.clear()
+
+
+def batch_feeds(caches: list[EncoderCache], buffers: BatchBuffers | None = None) -> CacheFeeds:
+    """The inputs of one batched step over these streams: each stream's rings copied once into a
+    layer-major batch array (from `buffers` when given), whose per-layer slices the graph reads."""
+    if len(caches) == 1:
+        return caches[0].feeds()
+    n = len(caches)
+    first = caches[0]
+    rings = {}
+    for name in ("k", "v"):
+        shape = (first.k.shape[0], n) + first.k.shape[1:]
+        out = buffers.get(name, shape, axis=1) if buffers is not None else np.empty(shape, np.float32)
+        for b, c in enumerate(caches):
+            out[:, b] = getattr(c, name)
+        rings[name] = [out[i] for i in range(shape[0])]
+    conv_shape = (n,) + first.conv.shape
+    conv = buffers.get("conv", conv_shape) if buffers is not None else np.empty(conv_shape, np.float32)
+    np.stack([c.conv for c in caches], out=conv)
+    return CacheFeeds(np.array([c.length for c in caches], dtype=np.int64),
+                      np.array([c.start for c in caches], dtype=np.int64), conv, rings["k"], rings["v"])
