@@ -19,6 +19,10 @@ graph is shaped for inference rather than training:
   GatherElements, and the mask is computed from each slot's age. Before (model format 2) a step shifted
   all 24 layers' caches (14 MB per stream) inside the graph, gathered each layer's slice out of one stacked
   input, and the host copied the whole caches back: 30% of a batched step at 160 ms.
+* Every shape and index a layer needs (head split, the relative shift's two reshapes, the slices of the
+  position table, the depthwise conv's views) is computed once per step as a tensor and shared by all
+  layers (`StepShapes`). Computed per layer, as the exporter writes `x.reshape(b, t, ...)`, this shape
+  plumbing was about a third of the graph's nodes, each a kernel call on a few int64s.
 * The relative-position projection `linear_pos(pe(r))` depends only on the relative offset r, so it is
   precomputed for every r a step can use and sliced in the graph.
 * The 1/sqrt(d_k) attention scale is folded into W_q and the position biases, the feed-forward 0.5 into
@@ -29,7 +33,7 @@ graph is shaped for inference rather than training:
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +44,23 @@ from .architecture import Architecture
 
 MASK_VALUE = -10000.0  # NeMo's INF_VAL for masked attention scores (not -inf)
 LN_EPS = 1e-5
+
+
+class StepShapes(NamedTuple):
+    """Shapes and indices of one step, shared by all layers (int64 tensors; see the module docstring)."""
+
+    model: torch.Tensor  # (B, T, D)
+    heads: torch.Tensor  # (B, T, H, d_k)
+    skew_wide: torch.Tensor  # (B, H, S+T, T): the relative shift's first view, S = left + T
+    skew: torch.Tensor  # (B, H, T, S+T-1)
+    pos_index: torch.Tensor  # (S+T-1,) position-table columns: offsets left-1+T ... -(T-1)
+    new_index: torch.Tensor  # (T,) the current frames' key columns, left ... left+T-1
+    conv_index: torch.Tensor  # (T, K) the depthwise conv's K shifted views
+
+
+def _reshape(x: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
+    """Reshape to a shape held in a tensor: exported as one Reshape reading that shared tensor."""
+    return torch._reshape_from_tensor(x, shape)
 
 
 def _t(sd: dict[str, Any], key: str) -> torch.Tensor:
@@ -144,7 +165,6 @@ class Attention(nn.Module):
         self.h = enc.n_heads
         self.dk = enc.d_model // enc.n_heads
         self.left = enc.left_context
-        self.max_step = enc.max_step_frames
         scale = 1.0 / math.sqrt(self.dk)
         self.q = Linear(_t(sd, p + "linear_q.weight"), _opt(sd, p + "linear_q.bias"), scale=scale)
         self.k = Linear(_t(sd, p + "linear_k.weight"), _opt(sd, p + "linear_k.bias"))
@@ -157,34 +177,33 @@ class Attention(nn.Module):
         self.pos_bias_u = nn.Parameter((u * scale).reshape(1, self.h, 1, self.dk), requires_grad=False)
         self.pos_bias_v = nn.Parameter((v * scale).reshape(1, self.h, 1, self.dk), requires_grad=False)
         pos = pe @ _t(sd, p + "linear_pos.weight").t()  # (R, D), R relative offsets, descending
-        self.pos = nn.Parameter(pos.reshape(-1, self.h, self.dk).permute(1, 2, 0).contiguous(), requires_grad=False)
+        # (H, R, dk): a step's offsets are whole rows of dk values, so selecting them copies contiguous runs
+        self.pos = nn.Parameter(pos.reshape(-1, self.h, self.dk).transpose(0, 1).contiguous(), requires_grad=False)
 
     def forward(
         self, a: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, mask_bias: torch.Tensor,
-        ring_order: torch.Tensor,
+        ring_order: torch.Tensor, shapes: StepShapes,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """a (B, T, D); k_cache, v_cache (B, H, left, dk) ring buffers; mask_bias (B, 1, 1, left + T);
         ring_order (B, H, T, left): for each cache slot, its index in oldest-first order. Returns the output
         and this chunk's new keys and values (B, H, T, dk), which the caller writes into the rings."""
-        b, t, d = a.shape
-        q = self.q(a).reshape(b, t, self.h, self.dk).transpose(1, 2)  # (B, H, T, dk), pre-scaled
-        k_new = self.k(a).reshape(b, t, self.h, self.dk).transpose(1, 2)  # (B, H, T, dk)
-        v_new = self.v(a).reshape(b, t, self.h, self.dk).transpose(1, 2)  # (B, H, T, dk)
-        s = self.left + t  # keys: the cache slots, then the T current frames
+        q = _reshape(self.q(a), shapes.heads).transpose(1, 2)  # (B, H, T, dk), pre-scaled
+        k_new = _reshape(self.k(a), shapes.heads).transpose(1, 2)  # (B, H, T, dk)
+        v_new = _reshape(self.v(a), shapes.heads).transpose(1, 2)  # (B, H, T, dk)
         qu = q + self.pos_bias_u
-        # position scores in oldest-first key order: relative offsets left-1+T ... -(T-1), the slice of the
-        # table this step needs, skewed into (T, S) as NeMo's rel_shift does
-        start = self.max_step - t
-        pos = self.pos[:, :, start : start + s + t - 1]  # (H, dk, S+T-1)
-        bd = torch.matmul(q + self.pos_bias_v, pos)  # (B, H, T, S+T-1)
-        bd = F.pad(bd, (1, 0)).reshape(b, self.h, s + t, t)[:, :, 1:].reshape(b, self.h, t, s + t - 1)[..., :s]
+        # position scores in oldest-first key order: the table's columns for this step's offsets, skewed
+        # into (T, S) as NeMo's rel_shift does
+        pos = torch.index_select(self.pos, 1, shapes.pos_index)  # (H, S+T-1, dk)
+        bd = torch.matmul(q + self.pos_bias_v, pos.transpose(-1, -2))  # (B, H, T, S+T-1)
+        bd = _reshape(_reshape(F.pad(bd, (1, 0)), shapes.skew_wide)[:, :, 1:], shapes.skew)  # (B, H, T, S+T-1)
         bd_cache = torch.gather(bd[..., : self.left], 3, ring_order)  # into ring-slot order
+        bd_new = torch.index_select(bd, 3, shapes.new_index)  # (B, H, T, T)
         # q.K^T with K stored (frames, dk): ONNX Runtime folds the transpose into the MatMul (FusedMatMul transB)
         scores = torch.cat([torch.matmul(qu, k_cache.transpose(-1, -2)) + bd_cache,
-                            torch.matmul(qu, k_new.transpose(-1, -2)) + bd[..., self.left :]], dim=-1)
+                            torch.matmul(qu, k_new.transpose(-1, -2)) + bd_new], dim=-1)
         probs = torch.softmax(scores + mask_bias, dim=-1)
         ctx = torch.matmul(probs[..., : self.left], v_cache) + torch.matmul(probs[..., self.left :], v_new)
-        return self.out(ctx.transpose(1, 2).reshape(b, t, d)), k_new, v_new
+        return self.out(_reshape(ctx.transpose(1, 2), shapes.model)), k_new, v_new
 
 
 class Convolution(nn.Module):
@@ -212,16 +231,14 @@ class Convolution(nn.Module):
             self.norm = LayerNorm(nw, nb)
         self.pw2 = Linear(_t(sd, p + "pointwise_conv2.weight"), _opt(sd, p + "pointwise_conv2.bias"))
 
-    def forward(self, x: torch.Tensor, conv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, conv_cache: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, D), conv_cache (B, K-1, D), index (T, K) the shifted views (StepShapes.conv_index)."""
         h = self.pw1(x)
         g = h[..., : self.d] * torch.sigmoid(h[..., self.d :])
         g = torch.cat([conv_cache, g], dim=1)  # (B, K-1+T, D)
         # The causal depthwise conv over T new frames, as sum_k taps[k] * g[t + k]: one Gather of the K views,
         # a Mul and a ReduceSum. ONNX Runtime runs a grouped Conv as one tiny GEMM per channel (1024 of them
         # per stream), which cost 2 ms per stream-step of a batched 160 ms step for a few thousand MACs.
-        k = self.dw_taps.shape[0]
-        t = g.shape[1] - (k - 1)
-        index = torch.arange(t, device=g.device).unsqueeze(1) + torch.arange(k, device=g.device).unsqueeze(0)
         y = (g[:, index] * self.dw_taps).sum(dim=2)  # (B, T, K, D) -> (B, T, D)
         if self.dw_b is not None:
             y = y + self.dw_b
@@ -241,11 +258,11 @@ class ConformerLayer(nn.Module):
         self.ff2 = FeedForward(sd, p, "feed_forward2")
         self.norm_out = LayerNorm(_t(sd, p + "norm_out.weight"), _t(sd, p + "norm_out.bias"))
 
-    def forward(self, x, k_cache, v_cache, conv_cache, mask_bias, ring_order):
+    def forward(self, x, k_cache, v_cache, conv_cache, mask_bias, ring_order, shapes: StepShapes):
         x = x + self.ff1(x)
-        att, k_new, v_new = self.att(self.norm_att(x), k_cache, v_cache, mask_bias, ring_order)
+        att, k_new, v_new = self.att(self.norm_att(x), k_cache, v_cache, mask_bias, ring_order, shapes)
         x = x + att
-        conv, conv_next = self.conv(self.norm_conv(x), conv_cache)
+        conv, conv_next = self.conv(self.norm_conv(x), conv_cache, shapes.conv_index)
         x = x + conv
         x = x + self.ff2(x)
         return self.norm_out(x), k_new, v_new, conv_next
@@ -269,6 +286,9 @@ class EncoderStep(nn.Module):
         self.left = enc.left_context
         self.n_layers = enc.n_layers
         self.n_heads = enc.n_heads
+        self.d_k = enc.d_model // enc.n_heads
+        self.max_step = enc.max_step_frames
+        self.conv_kernel = enc.conv_cache + 1
         self.xscale = math.sqrt(enc.d_model) if arch.xscaling else None
         self.pre_encode = PreEncode(arch, sd)
         pe = relative_position_table(enc.d_model, self.left + enc.max_step_frames - 1, -(enc.max_step_frames - 1))
@@ -276,6 +296,20 @@ class EncoderStep(nn.Module):
         if enc.max_step_frames > self.left:
             raise ValueError("a step longer than the attention cache would overwrite its own frames in the ring")
         self.joint_enc = Linear(_t(sd, "joint.enc.weight"), _opt(sd, "joint.enc.bias"))
+
+    def shapes(self, x: torch.Tensor) -> StepShapes:
+        """This step's shared shapes and indices, from the encoded frames x (B, T, D)."""
+        model = torch._shape_as_tensor(x)
+        b, t = model[:1], model[1:2]
+        heads = torch.tensor([self.n_heads, self.d_k])
+        h = heads[:1]
+        s_plus_t = t * 2 + self.left  # keys S = left + T, plus the T new frames
+        steps = x.shape[1]
+        offsets = torch.arange(self.max_step - steps, self.max_step + self.left + steps - 1)
+        views = torch.arange(steps).unsqueeze(1) + torch.arange(self.conv_kernel).unsqueeze(0)
+        return StepShapes(model=model, heads=torch.cat([b, t, heads]), skew_wide=torch.cat([b, h, s_plus_t, t]),
+                          skew=torch.cat([b, h, t, s_plus_t - 1]), pos_index=offsets,
+                          new_index=torch.arange(self.left, self.left + steps), conv_index=views)
 
     def forward(self, mel, drop, cache_len, cache_start, conv_cache, *kv):
         k_cache, v_cache = kv[: self.n_layers], kv[self.n_layers :]
@@ -291,9 +325,10 @@ class EncoderStep(nn.Module):
         mask_cache = torch.where(cache_masked, MASK_VALUE, 0.0)
         mask_bias = torch.cat([mask_cache, torch.zeros_like(x[:, :, 0])], dim=1)[:, None, None, :]
         ring_order = age_order[:, None, None, :].expand(b, self.n_heads, t, self.left)
+        shapes = self.shapes(x)
         k_new, v_new, c_out = [], [], []
         for i, layer in enumerate(self.layers):
-            x, k, v, c_next = layer(x, k_cache[i], v_cache[i], conv_cache[:, i], mask_bias, ring_order)
+            x, k, v, c_next = layer(x, k_cache[i], v_cache[i], conv_cache[:, i], mask_bias, ring_order, shapes)
             k_new.append(k)
             v_new.append(v)
             c_out.append(c_next)

@@ -16,7 +16,7 @@ faster than real time, or fell behind) advances one chunk per round alongside th
 stalling them; rounds repeat while any chunk is ready.
 
 Batching window: a batched step costs far less per stream than single steps (full-size int4 at 160 ms:
-22 ms for one stream, 8.7 ms per stream for eight), but streams' chunks complete at unrelated moments, so
+20 ms for one stream, 8.2 ms per stream for eight), but streams' chunks complete at unrelated moments, so
 a scheduler that runs whatever is ready at once makes batches of 1-3 and spends its whole time on them
 once a few streams are open. So a group of later steps waits, at most `batch_wait` of a chunk's duration
 counted from when its oldest chunk's audio arrived, for the other open streams of its latency mode to
