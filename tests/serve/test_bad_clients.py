@@ -135,6 +135,33 @@ def test_more_streams_than_max_streams(serve_model, make_server, short_speech, s
     _check_good(serve_model, res, short_speech[2], s16_roundtrip)
 
 
+def test_new_streams_refused_while_the_scheduler_is_at_capacity(serve_model, make_server, short_speech,
+                                                                s16_roundtrip):
+    """--max-load: past it every open stream would fall behind together, so a new stream is refused with
+    1013 and a message naming the load, and the open stream is unharmed. (The tiny model never loads a
+    scheduler near 90%, so the threshold is set below what one stream costs.)"""
+    st, base = make_server(endpoint=EndpointConfig(0, 0), max_load=1e-4)
+
+    async def main():
+        good = asyncio.create_task(stream_blocks(stream_url(base, 160), file_blocks(short_speech[0], 100),
+                                                 realtime=True, timeout=30))
+        await asyncio.sleep(1.0)  # some rounds have run
+        extra = await _bad(stream_url(base, 160), lambda ws: asyncio.sleep(0))
+        return await asyncio.wait_for(good, 30), extra
+
+    good, (extra, extra_code) = asyncio.run(main())
+    assert extra_code == 1013, extra
+    assert "server is at capacity" in extra[0]["message"] and "--max-load 0.0001" in extra[0]["message"]
+    _check_good(serve_model, good, short_speech[0], s16_roundtrip)
+    metrics = _metrics(base)
+    assert "streamasr_streams_rejected_total 1" in metrics
+    load = float(next(line.split()[1] for line in metrics.splitlines() if line.startswith("streamasr_scheduler_load ")))
+    assert 0 < load < 0.5
+    # the load is measured over a window: once it has passed with nothing to do, streams are accepted again
+    scheduler = st.server.scheduler
+    assert scheduler.load(now=time.perf_counter() + 6.0) == 0.0
+
+
 def test_oversized_frame(make_server):
     _, base = make_server(max_frame_bytes=64000)
 

@@ -32,6 +32,9 @@ def test_serve_rejects_bad_scheduling_options(serve_model, capsys):
     model = ["serve", "--model", str(serve_model.directory), "--allow-random", "--port", str(free_port())]
     assert main(model + ["--batch-wait", "2"]) == 2
     assert "--batch-wait is a fraction of a chunk" in capsys.readouterr().err
+    for bad in ("0", "1.5"):
+        assert main(model + ["--max-load", bad]) == 2
+        assert "--max-load is a fraction of the scheduler's time" in capsys.readouterr().err
     assert main(model + ["--warmup-batches", "-1"]) == 2
     assert "--warmup-batches" in capsys.readouterr().err
     assert main(model + ["--warmup-latency", "fast"]) == 2

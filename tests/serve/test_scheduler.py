@@ -222,3 +222,26 @@ def test_batch_buffers_give_the_same_steps_as_fresh_arrays(serve_model, short_sp
     assert buffered[0].cache.length > 0
     buffers.clear()
     assert buffers._arrays == {}
+
+
+def test_load_is_the_busy_fraction_of_the_recent_window(serve_model, short_speech):
+    """Scheduler.load: compute time of rounds that encoded something, over the last LOAD_WINDOW_S seconds."""
+    import time
+
+    from streamasr.serve.scheduler import LOAD_WINDOW_S, Scheduler
+
+    scheduler = Scheduler(serve_model)
+    assert scheduler.load() == 0.0
+    session = StreamSession(serve_model, 160, EndpointConfig(0, 0))
+    scheduler.add(session)
+    session.feed(short_speech[0][:32000])
+    while scheduler.step():
+        pass
+    now = time.perf_counter()
+    load = scheduler.load(now)
+    assert 0 < load <= scheduler.busy_s / LOAD_WINDOW_S + 1e-9
+    assert scheduler.load(now + LOAD_WINDOW_S + 1.0) == 0.0
+    # idle rounds (nothing ready) do not count as load
+    rounds = len(scheduler._recent)
+    scheduler.step()
+    assert len(scheduler._recent) == rounds

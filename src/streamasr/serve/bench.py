@@ -150,8 +150,10 @@ def cmd_bench_serve(args) -> int:
     rate = cfg.frontend.sample_rate
     speech = _speech(args.speech_dir)
     port = _free_port()
+    # --max-load 1: load shedding off, so that every N is served and the table shows what N streams cost
     cmd = [sys.executable, "-m", "streamasr.cli", "serve", "--model", str(args.model), "--port", str(port),
-           "--max-streams", str(max(counts)), "--max-batch", str(args.max_batch), "--batch-wait", str(args.batch_wait), "--warmup-latency", str(args.latency), "--allow-random",
+           "--max-streams", str(max(counts)), "--max-load", "1", "--max-batch", str(args.max_batch),
+           "--batch-wait", str(args.batch_wait), "--warmup-latency", str(args.latency), "--allow-random",
            "--idle-timeout-s", "120"]
     if args.threads:
         cmd += ["--threads", str(args.threads)]

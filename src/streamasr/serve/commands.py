@@ -15,6 +15,9 @@ def register(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--max-streams", type=int, default=32, help="concurrent streams; more are refused (1013)")
+    p.add_argument("--max-load", type=float, default=0.9, metavar="FRACTION",
+                   help="refuse new streams (1013) while the scheduler was busier than this over the last 5 s: "
+                        "past it every open stream falls behind together; 1 disables (default: %(default)s)")
     p.add_argument("--max-batch", type=int, default=32, help="streams per batched encoder call")
     p.add_argument("--batch-wait", type=float, default=0.25, metavar="FRACTION",
                    help="how long (fraction of a chunk) a batch may wait for more streams' chunks; 0 runs "
@@ -98,6 +101,8 @@ def cmd_serve(args) -> int:
     _require_aiohttp()
     if args.max_streams < 1:
         raise StreamASRError("--max-streams must be at least 1")
+    if not 0 < args.max_load <= 1:
+        raise StreamASRError(f"--max-load is a fraction of the scheduler's time in (0, 1], got {args.max_load}")
     if not 0 <= args.batch_wait <= 1:
         raise StreamASRError(f"--batch-wait is a fraction of a chunk between 0 and 1, got {args.batch_wait}")
     if not 0 <= args.port <= 65535:
@@ -112,7 +117,8 @@ def cmd_serve(args) -> int:
     model = _load(args, allow_random=args.allow_random)
     for ms in warm_modes:
         model.config.encoder.mode(ms)  # an unknown mode is a clear error now, not at the first stream
-    config = ServerConfig(host=args.host, port=args.port, max_streams=args.max_streams, max_batch=args.max_batch,
+    config = ServerConfig(host=args.host, port=args.port, max_streams=args.max_streams, max_load=args.max_load,
+                          max_batch=args.max_batch,
                           batch_wait=args.batch_wait, warmup_batches=args.warmup_batches,
                           warmup_latency_ms=warm_modes, idle_timeout_s=args.idle_timeout_s, endpoint=endpoint)
     try:

@@ -51,7 +51,7 @@ class Metrics:
         with self._lock:
             setattr(self, field, getattr(self, field) + 1)
 
-    def render(self, active_streams: int, audio_s: float, busy_s: float) -> str:
+    def render(self, active_streams: int, audio_s: float, busy_s: float, load: float = 0.0) -> str:
         with self._lock:
             rtfx = audio_s / busy_s if busy_s > 0 else 0.0
             lines = [
@@ -61,7 +61,7 @@ class Metrics:
                 "# HELP streamasr_streams_total Streams accepted since start.",
                 "# TYPE streamasr_streams_total counter",
                 f"streamasr_streams_total {self.streams_total}",
-                "# HELP streamasr_streams_rejected_total Streams refused (over --max-streams or bad parameters).",
+                "# HELP streamasr_streams_rejected_total Streams refused (over --max-streams or --max-load, or bad parameters).",
                 "# TYPE streamasr_streams_rejected_total counter",
                 f"streamasr_streams_rejected_total {self.streams_rejected}",
                 "# HELP streamasr_client_errors_total Streams closed for a client error (bad frame, idle timeout).",
@@ -73,6 +73,9 @@ class Metrics:
                 "# HELP streamasr_compute_seconds_total Scheduler compute time (frontend, encoder, decoder).",
                 "# TYPE streamasr_compute_seconds_total counter",
                 f"streamasr_compute_seconds_total {busy_s:.3f}",
+                "# HELP streamasr_scheduler_load Fraction of the last 5 s the scheduler spent computing.",
+                "# TYPE streamasr_scheduler_load gauge",
+                f"streamasr_scheduler_load {load:.3f}",
                 "# HELP streamasr_rtfx Audio seconds processed per second of compute since start.",
                 "# TYPE streamasr_rtfx gauge",
                 f"streamasr_rtfx {rtfx:.2f}",

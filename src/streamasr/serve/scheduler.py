@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from typing import Callable
 
 import numpy as np
@@ -39,6 +39,9 @@ from ..runtime.encoder import EncodedChunk, StreamingEncoder
 from .session import StreamSession
 
 log = logging.getLogger("streamasr.serve")
+
+#: the window over which `Scheduler.load` measures how busy the scheduler is (admission control)
+LOAD_WINDOW_S = 5.0
 
 
 def encode_batch(backend, encoders: list[StreamingEncoder], buffers: BatchBuffers | None = None) -> list[EncodedChunk]:
@@ -102,6 +105,7 @@ class Scheduler:
         self._stop = False
         self._thread: threading.Thread | None = None
         self.busy_s = 0.0  # time spent computing (frontend + encoder + decoder)
+        self._recent: deque[tuple[float, float]] = deque()  # (end time, busy seconds) of recent rounds
         self.audio_samples = 0
 
     # ---------------------------------------------------------------- control (any thread)
@@ -194,8 +198,20 @@ class Scheduler:
             if s.end_requested and not s.finished and not s.failed and not s.closed and not s.has_input \
                     and not s.ready():
                 self._guard(s, s.finish)
-        self.busy_s += time.perf_counter() - t0
+        t_end = time.perf_counter()
+        self.busy_s += t_end - t0
+        if did:
+            self._recent.append((t_end, t_end - t0))
+            while self._recent and self._recent[0][0] < t_end - LOAD_WINDOW_S:
+                self._recent.popleft()
         return did or any(s.has_input for s in sessions)
+
+    def load(self, now: float | None = None) -> float:
+        """The fraction of the last LOAD_WINDOW_S seconds this thread spent computing rounds that encoded
+        something (0-1): how close the server is to falling behind. Read from other threads."""
+        now = time.perf_counter() if now is None else now
+        busy = sum(b for t, b in list(self._recent) if t >= now - LOAD_WINDOW_S)
+        return min(1.0, busy / LOAD_WINDOW_S)
 
     def _hold_back(self, key: tuple, members: list[StreamSession], sessions: list[StreamSession]) -> bool:
         """Whether this group waits for more of its streams (see "Batching window" above)."""

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from ..audio import pcm_to_float
 from ..errors import AudioError, StreamASRError
 from .metrics import Metrics
-from .scheduler import Scheduler, warm_up
+from .scheduler import LOAD_WINDOW_S, Scheduler, warm_up
 from .session import EndpointConfig, StreamSession
 
 log = logging.getLogger("streamasr.serve")
@@ -41,6 +41,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     max_streams: int = 32
+    max_load: float = 0.9  # refuse new streams while the scheduler is busier than this (1 disables)
     idle_timeout_s: float = 30.0  # a stream that sends nothing this long is closed
     max_frame_bytes: int = 1 << 20  # one binary frame at most (1 MiB = 32 s of s16le)
     max_backlog_s: float = 60.0  # audio waiting to be processed per stream before it is refused
@@ -97,7 +98,7 @@ class Server:
         from aiohttp import web
 
         body = self.metrics.render(self.active, self.scheduler.audio_samples / self.model.sample_rate,
-                                   self.scheduler.busy_s)
+                                   self.scheduler.busy_s, self.scheduler.load())
         return web.Response(text=body, content_type="text/plain", charset="utf-8",
                             headers={"X-Prometheus-Format": "0.0.4"})
 
@@ -159,6 +160,15 @@ class Server:
         if self.active >= self.config.max_streams:
             self.metrics.count("streams_rejected")
             await self._refuse(ws, f"server is full ({self.config.max_streams} streams); try again later",
+                               CLOSE_TRY_LATER)
+            return ws
+        load = self.scheduler.load()
+        if self.config.max_load < 1.0 and load > self.config.max_load:
+            # past this point every stream falls behind together (the scheduler is fair), so a new stream
+            # is refused rather than making all the open ones late
+            self.metrics.count("streams_rejected")
+            await self._refuse(ws, f"server is at capacity: its scheduler was {100 * load:.0f}% busy over the "
+                               f"last {LOAD_WINDOW_S:g} s (--max-load {self.config.max_load:g}); try again later",
                                CLOSE_TRY_LATER)
             return ws
         self.active += 1
