@@ -31,3 +31,20 @@ def test_bench_serve_reports_latency_batching_and_cpu(tiny_model_dir, tmp_path, 
         assert r["cpu_percent"] > 0 and r["clients_cpu_percent"] > 0 and r["peak_rss_mb"] > 50
     assert rows[0]["mean_batch"] == 1.0  # one stream can only ever batch with itself
     assert 1.0 <= rows[1]["mean_batch"] <= 3.0
+    assert all(r["refused"] == 0 for r in rows)  # --max-load 1 by default: every client is served
+
+
+def test_bench_serve_counts_the_clients_the_server_refused(tiny_model_dir, tmp_path, capsys):
+    """Clients joining one after another against a server whose --max-load is below what one stream costs:
+    the first is served, the later ones are refused (1013) and counted apart from errors."""
+    out = tmp_path / "serve.json"
+    rc = main(["bench", "serve", "--model", str(tiny_model_dir), "--streams", "3", "--latency", "160",
+               "--duration", "2", "--threads", "1", "--join-every", "0.7", "--max-load", "0.0001",
+               "--json", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "a client joining every 0.7 s" in text and "largest N with p95 < 160 ms: none" in text
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["refused"] == 2 and row["errors"] == 0
+    assert 10 <= row["chunks"] <= 14  # the one admitted stream's 2 s, every chunk answered
+    assert main(["bench", "serve", "--model", str(tiny_model_dir), "--max-load", "0"]) == 2

@@ -241,6 +241,9 @@ def test_load_is_the_busy_fraction_of_the_recent_window(serve_model, short_speec
     load = scheduler.load(now)
     assert 0 < load <= scheduler.busy_s / LOAD_WINDOW_S + 1e-9
     assert scheduler.load(now + LOAD_WINDOW_S + 1.0) == 0.0
+    # one stream served: one more would about double it, two more triple it
+    assert scheduler.projected_load(1, now) == pytest.approx(2 * load)
+    assert scheduler.projected_load(2, now) == pytest.approx(3 * load)
     # idle rounds (nothing ready) do not count as load
     rounds = len(scheduler._recent)
     scheduler.step()

@@ -5,6 +5,11 @@ each N, N clients replay real speech (shared/data/speech) at real-time pace, sta
 with `every_chunk=1` so that the server answers every encoder chunk with a partial carrying `audio_s`
 (the audio that chunk covered). Per-chunk latency = arrival of that partial - the moment the client sent
 the block holding the chunk's last sample. Server RTFx = audio seconds / compute seconds (from /metrics).
+
+By default the server runs with `--max-load 1` (every client is served, so the table shows what N streams
+cost) and the clients start within one chunk of each other. `--join-every S` starts client k at k*S seconds
+instead and `--max-load` sets the server's admission threshold: the row then also counts the clients the
+server refused (close 1013) as it filled up.
 """
 
 from __future__ import annotations
@@ -35,6 +40,10 @@ def add_parser(bench_sub):
     p.add_argument("--threads", type=int, default=None, help="server ONNX Runtime threads")
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--batch-wait", type=float, default=0.25, help="the server's --batch-wait")
+    p.add_argument("--max-load", type=float, default=1.0,
+                   help="the server's --max-load (default 1: admission by load off, every client is served)")
+    p.add_argument("--join-every", type=float, default=0.0, metavar="S",
+                   help="start client k at k*S seconds (default 0: all within one chunk)")
     p.add_argument("--speech-dir", default=None, help="folder of WAV files (default: shared/data/speech)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.set_defaults(func=cmd_bench_serve)
@@ -83,6 +92,7 @@ def _metric(text: str, name: str) -> float:
 
 
 async def _client(url: str, samples: np.ndarray, block: int, rate: int, start_delay: float, lat: list[float]):
+    """One real-time client; returns (error messages, whether the server refused the stream)."""
     import aiohttp
 
     from .client import encode_pcm
@@ -110,19 +120,26 @@ async def _client(url: str, samples: np.ndarray, block: int, rate: int, start_de
 
             rx = asyncio.create_task(receive())
             t0 = time.perf_counter()
-            for i in range(0, samples.size, block):
-                wait = t0 + i / rate - time.perf_counter()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                await ws.send_bytes(encode_pcm(samples[i : i + block]))
-                sends.append((min(i + block, samples.size), time.perf_counter()))
-            await ws.send_str(json.dumps({"type": "end"}))
+            try:
+                for i in range(0, samples.size, block):
+                    wait = t0 + i / rate - time.perf_counter()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                    if ws.closed:
+                        break
+                    await ws.send_bytes(encode_pcm(samples[i : i + block]))
+                    sends.append((min(i + block, samples.size), time.perf_counter()))
+                if not ws.closed:
+                    await ws.send_str(json.dumps({"type": "end"}))
+            except (ConnectionError, RuntimeError):  # the server closed the stream while we were sending
+                pass
             await asyncio.wait_for(rx, 120)
-    return errors
+    refused = ws.close_code == 1013
+    return ([] if refused else errors), refused
 
 
 async def _run_n(url: str, speech: list[np.ndarray], n: int, duration: float, block: int, rate: int,
-                 chunk_s: float):
+                 chunk_s: float, join_every: float = 0.0):
     rng = np.random.default_rng(n)
     lat: list[float] = []
     tasks = []
@@ -131,9 +148,9 @@ async def _run_n(url: str, speech: list[np.ndarray], n: int, duration: float, bl
         reps = int(np.ceil(duration * rate / x.size))
         off = int(rng.integers(0, x.size))
         audio = np.roll(np.tile(x, reps + 1), -off)[: int(duration * rate)]
-        tasks.append(_client(url, audio, block, rate, float(rng.uniform(0, chunk_s)), lat))
-    errors = await asyncio.gather(*tasks)
-    return lat, [e for errs in errors for e in errs]
+        tasks.append(_client(url, audio, block, rate, k * join_every + float(rng.uniform(0, chunk_s)), lat))
+    results = await asyncio.gather(*tasks)
+    return lat, [e for errs, _ in results for e in errs], sum(refused for _, refused in results)
 
 
 def cmd_bench_serve(args) -> int:
@@ -145,14 +162,18 @@ def cmd_bench_serve(args) -> int:
         raise StreamASRError(f"--streams must be comma-separated integers, got {args.streams!r}") from None
     if not counts or min(counts) < 1:
         raise StreamASRError("--streams needs positive counts")
+    if not 0 < args.max_load <= 1:
+        raise StreamASRError(f"--max-load is a fraction in (0, 1], got {args.max_load}")
+    if args.join_every < 0:
+        raise StreamASRError("--join-every must be 0 or more seconds")
     cfg = ModelConfig.load(Path(args.model))
     cfg.encoder.mode(args.latency)
     rate = cfg.frontend.sample_rate
     speech = _speech(args.speech_dir)
     port = _free_port()
-    # --max-load 1: load shedding off, so that every N is served and the table shows what N streams cost
+    # --max-load 1 by default: no admission by load, so that every N is served and the table shows its cost
     cmd = [sys.executable, "-m", "streamasr.cli", "serve", "--model", str(args.model), "--port", str(port),
-           "--max-streams", str(max(counts)), "--max-load", "1", "--max-batch", str(args.max_batch),
+           "--max-streams", str(max(counts)), "--max-load", f"{args.max_load:g}", "--max-batch", str(args.max_batch),
            "--batch-wait", str(args.batch_wait), "--warmup-latency", str(args.latency), "--allow-random",
            "--idle-timeout-s", "120"]
     if args.threads:
@@ -173,17 +194,19 @@ def cmd_bench_serve(args) -> int:
             raise StreamASRError("the server did not come up")
         print(f"model {cfg.model_id} ({cfg.quantization.get('method')}), latency {args.latency} ms, "
               f"{args.duration:g} s of audio per stream, {os.cpu_count()} cores, batch wait {args.batch_wait:g} "
-              f"of a chunk", flush=True)
+              f"of a chunk, max load {args.max_load:g}"
+              + (f", a client joining every {args.join_every:g} s" if args.join_every else ""), flush=True)
         print(f"{'N':>4} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'RTFx':>7} {'CPU %':>6} {'RSS MB':>7} "
-              f"{'mean batch':>10} {'errors':>6} {'client CPU %':>12} {'busy %':>6} {'enc %':>6}", flush=True)
+              f"{'mean batch':>10} {'errors':>6} {'refused':>7} {'client CPU %':>12} {'busy %':>6} {'enc %':>6}",
+              flush=True)
         url = f"ws://127.0.0.1:{port}/v1/stream?latency={args.latency}&every_chunk=1"
         for n in counts:
             m0 = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
             cpu0, _ = _proc_stats(server.pid)
             own0 = resource.getrusage(resource.RUSAGE_SELF)
             t0 = time.perf_counter()
-            lat, errors = asyncio.run(_run_n(url, speech, n, args.duration, int(rate * args.block_ms / 1000), rate,
-                                             args.latency / 1000))
+            lat, errors, refused = asyncio.run(_run_n(url, speech, n, args.duration, int(rate * args.block_ms / 1000),
+                                                      rate, args.latency / 1000, args.join_every))
             wall = time.perf_counter() - t0
             own1 = resource.getrusage(resource.RUSAGE_SELF)
             cpu1, peak = _proc_stats(server.pid)
@@ -202,16 +225,17 @@ def cmd_bench_serve(args) -> int:
                    "encoder_share": round(enc_s / busy, 3) if busy else None,  # of the scheduler's compute
                    "compute_share": round(busy / wall, 3),  # scheduler busy time / wall time
                    "peak_rss_mb": round(peak / 1e6), "mean_batch": round(batched / steps, 2) if steps else None,
-                   "chunks": len(lat), "errors": len(errors)}
+                   "chunks": len(lat), "errors": len(errors), "refused": refused}
             rows.append(row)
             print(f"{n:>4} {row['p50_ms']:>8} {row['p95_ms']:>8} {row['p99_ms']:>8} {row['rtfx'] or 0:>7} "
                   f"{row['cpu_percent']:>6} {row['peak_rss_mb']:>7} {row['mean_batch'] or 0:>10} {len(errors):>6} "
+                  f"{refused:>7} "
                   f"{row['clients_cpu_percent']:>12} {100 * row['compute_share']:>6.0f} "
                   f"{100 * (row['encoder_share'] or 0):>6.0f}",
                   flush=True)
             if errors:
                 print(f"     first error: {errors[0]}", flush=True)
-        ok = [r["streams"] for r in rows if r["p95_ms"] < args.latency and not r["errors"]]
+        ok = [r["streams"] for r in rows if r["p95_ms"] < args.latency and not r["errors"] and not r["refused"]]
         print(f"largest N with p95 < {args.latency} ms: {max(ok) if ok else 'none'}", flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps({"model": cfg.model_id, "latency_ms": args.latency,

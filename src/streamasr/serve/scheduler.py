@@ -105,7 +105,7 @@ class Scheduler:
         self._stop = False
         self._thread: threading.Thread | None = None
         self.busy_s = 0.0  # time spent computing (frontend + encoder + decoder)
-        self._recent: deque[tuple[float, float]] = deque()  # (end time, busy seconds) of recent rounds
+        self._recent: deque[tuple[float, float, int]] = deque()  # (end, busy seconds, streams) of recent rounds
         self.audio_samples = 0
 
     # ---------------------------------------------------------------- control (any thread)
@@ -201,7 +201,7 @@ class Scheduler:
         t_end = time.perf_counter()
         self.busy_s += t_end - t0
         if did:
-            self._recent.append((t_end, t_end - t0))
+            self._recent.append((t_end, t_end - t0, len(sessions)))
             while self._recent and self._recent[0][0] < t_end - LOAD_WINDOW_S:
                 self._recent.popleft()
         return did or any(s.has_input for s in sessions)
@@ -209,9 +209,22 @@ class Scheduler:
     def load(self, now: float | None = None) -> float:
         """The fraction of the last LOAD_WINDOW_S seconds this thread spent computing rounds that encoded
         something (0-1): how close the server is to falling behind. Read from other threads."""
+        return self._window(now)[0]
+
+    def projected_load(self, streams_now: int, now: float | None = None) -> float:
+        """The load if one more stream joined: the window's load per stream (over the mean number of
+        streams its rounds served) times `streams_now` + 1. Streams that joined during the window count
+        fully, which the plain load does not yet show, so a quick succession of joins is not all let in."""
+        load, mean_streams = self._window(now)
+        return load * (streams_now + 1) / max(1.0, mean_streams)
+
+    def _window(self, now: float | None) -> tuple[float, float]:
         now = time.perf_counter() if now is None else now
-        busy = sum(b for t, b in list(self._recent) if t >= now - LOAD_WINDOW_S)
-        return min(1.0, busy / LOAD_WINDOW_S)
+        rounds = [r for r in list(self._recent) if r[0] >= now - LOAD_WINDOW_S]
+        if not rounds:
+            return 0.0, 0.0
+        load = min(1.0, sum(r[1] for r in rounds) / LOAD_WINDOW_S)
+        return load, sum(r[2] for r in rounds) / len(rounds)
 
     def _hold_back(self, key: tuple, members: list[StreamSession], sessions: list[StreamSession]) -> bool:
         """Whether this group waits for more of its streams (see "Batching window" above)."""

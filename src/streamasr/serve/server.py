@@ -41,7 +41,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     max_streams: int = 32
-    max_load: float = 0.9  # refuse new streams while the scheduler is busier than this (1 disables)
+    max_load: float = 0.8  # refuse a new stream that would make the scheduler busier than this (1: off)
     idle_timeout_s: float = 30.0  # a stream that sends nothing this long is closed
     max_frame_bytes: int = 1 << 20  # one binary frame at most (1 MiB = 32 s of s16le)
     max_backlog_s: float = 60.0  # audio waiting to be processed per stream before it is refused
@@ -162,14 +162,15 @@ class Server:
             await self._refuse(ws, f"server is full ({self.config.max_streams} streams); try again later",
                                CLOSE_TRY_LATER)
             return ws
-        load = self.scheduler.load()
-        if self.config.max_load < 1.0 and load > self.config.max_load:
+        projected = self.scheduler.projected_load(self.active)
+        if self.config.max_load < 1.0 and projected > self.config.max_load:
             # past this point every stream falls behind together (the scheduler is fair), so a new stream
             # is refused rather than making all the open ones late
             self.metrics.count("streams_rejected")
-            await self._refuse(ws, f"server is at capacity: its scheduler was {100 * load:.0f}% busy over the "
-                               f"last {LOAD_WINDOW_S:g} s (--max-load {self.config.max_load:g}); try again later",
-                               CLOSE_TRY_LATER)
+            await self._refuse(ws, f"server is at capacity: its scheduler was {100 * self.scheduler.load():.0f}% "
+                               f"busy over the last {LOAD_WINDOW_S:g} s with {self.active} streams, about "
+                               f"{100 * projected:.0f}% with one more (--max-load {self.config.max_load:g}); "
+                               "try again later", CLOSE_TRY_LATER)
             return ws
         self.active += 1
         self.metrics.count("streams_total")
