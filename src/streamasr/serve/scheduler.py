@@ -106,6 +106,7 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self.busy_s = 0.0  # time spent computing (frontend + encoder + decoder)
         self._recent: deque[tuple[float, float, int]] = deque()  # (end, busy seconds, streams) of recent rounds
+        self._recent_lock = threading.Lock()  # appended here, read by the server's admission check
         self.audio_samples = 0
 
     # ---------------------------------------------------------------- control (any thread)
@@ -201,9 +202,10 @@ class Scheduler:
         t_end = time.perf_counter()
         self.busy_s += t_end - t0
         if did:
-            self._recent.append((t_end, t_end - t0, len(sessions)))
-            while self._recent and self._recent[0][0] < t_end - LOAD_WINDOW_S:
-                self._recent.popleft()
+            with self._recent_lock:
+                self._recent.append((t_end, t_end - t0, len(sessions)))
+                while self._recent and self._recent[0][0] < t_end - LOAD_WINDOW_S:
+                    self._recent.popleft()
         return did or any(s.has_input for s in sessions)
 
     def load(self, now: float | None = None) -> float:
@@ -220,7 +222,8 @@ class Scheduler:
 
     def _window(self, now: float | None) -> tuple[float, float]:
         now = time.perf_counter() if now is None else now
-        rounds = [r for r in list(self._recent) if r[0] >= now - LOAD_WINDOW_S]
+        with self._recent_lock:
+            rounds = [r for r in self._recent if r[0] >= now - LOAD_WINDOW_S]
         if not rounds:
             return 0.0, 0.0
         load = min(1.0, sum(r[1] for r in rounds) / LOAD_WINDOW_S)
