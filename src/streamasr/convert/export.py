@@ -17,6 +17,7 @@ import numpy as np
 from .. import __version__
 from ..errors import ModelError
 from ..model_config import ModelConfig
+from ..runtime.cache import encoder_input_names
 from .architecture import Architecture, parse_architecture
 from .nemo_file import NemoCheckpoint
 from .torch_modules import EncoderStep, Joint, PredictionStep, initial_inputs
@@ -25,12 +26,6 @@ OPSET = 17
 EXTERNAL_DATA_THRESHOLD = 512 << 20  # graphs larger than this keep their weights in a side file
 
 ENCODER_OUTPUTS = ["encoded", "encoded_proj", "k_new", "v_new", "conv_cache_next"]
-
-
-def encoder_input_names(n_layers: int) -> list[str]:
-    """The encoder step's inputs, in order (see torch_modules.EncoderStep)."""
-    return (["mel", "drop", "cache_len", "cache_start", "conv_cache"] + [f"k_cache_{i}" for i in range(n_layers)]
-            + [f"v_cache_{i}" for i in range(n_layers)])
 
 
 def _export(module, args: tuple, path: Path, inputs: list[str], outputs: list[str], dynamic: dict[str, dict[int, str]]) -> None:

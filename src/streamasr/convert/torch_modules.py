@@ -24,7 +24,7 @@ graph is shaped for inference rather than training:
   layers (`StepShapes`). Computed per layer, as the exporter writes `x.reshape(b, t, ...)`, this shape
   plumbing was about a third of the graph's nodes, each a kernel call on a few int64s.
 * The relative-position projection `linear_pos(pe(r))` depends only on the relative offset r, so it is
-  precomputed for every r a step can use and sliced in the graph.
+  precomputed for every r a step can use, and a step selects the rows of its offsets.
 * The 1/sqrt(d_k) attention scale is folded into W_q and the position biases, the feed-forward 0.5 into
   its second linear, and the 1x1 convolutions are matrix multiplications (so that weight quantizers,
   which only look at MatMul, reach them).
@@ -53,7 +53,7 @@ class StepShapes(NamedTuple):
     heads: torch.Tensor  # (B, T, H, d_k)
     skew_wide: torch.Tensor  # (B, H, S+T, T): the relative shift's first view, S = left + T
     skew: torch.Tensor  # (B, H, T, S+T-1)
-    pos_index: torch.Tensor  # (S+T-1,) position-table columns: offsets left-1+T ... -(T-1)
+    pos_index: torch.Tensor  # (S+T-1,) position-table rows: offsets left-1+T ... -(T-1)
     new_index: torch.Tensor  # (T,) the current frames' key columns, left ... left+T-1
     conv_index: torch.Tensor  # (T, K) the depthwise conv's K shifted views
 
@@ -191,7 +191,7 @@ class Attention(nn.Module):
         k_new = _reshape(self.k(a), shapes.heads).transpose(1, 2)  # (B, H, T, dk)
         v_new = _reshape(self.v(a), shapes.heads).transpose(1, 2)  # (B, H, T, dk)
         qu = q + self.pos_bias_u
-        # position scores in oldest-first key order: the table's columns for this step's offsets, skewed
+        # position scores in oldest-first key order: the table's rows for this step's offsets, skewed
         # into (T, S) as NeMo's rel_shift does
         pos = torch.index_select(self.pos, 1, shapes.pos_index)  # (H, S+T-1, dk)
         bd = torch.matmul(q + self.pos_bias_v, pos.transpose(-1, -2))  # (B, H, T, S+T-1)

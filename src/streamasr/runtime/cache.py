@@ -17,6 +17,13 @@ import numpy as np
 from ..model_config import EncoderConfig, cache_shapes
 
 
+def encoder_input_names(n_layers: int) -> list[str]:
+    """The encoder graph's inputs, in order (see torch_modules.EncoderStep): the exporter names them with
+    this, and `CacheFeeds` feeds them by it."""
+    return (["mel", "drop", "cache_len", "cache_start", "conv_cache"] + [f"k_cache_{i}" for i in range(n_layers)]
+            + [f"v_cache_{i}" for i in range(n_layers)])
+
+
 @dataclass
 class CacheFeeds:
     """The encoder step's cache inputs for a batch of B streams (see torch_modules.EncoderStep)."""
@@ -29,10 +36,7 @@ class CacheFeeds:
 
     def as_inputs(self) -> dict[str, np.ndarray]:
         """Named graph inputs (the ONNX encoder's input names)."""
-        feeds = {"cache_len": self.cache_len, "cache_start": self.cache_start, "conv_cache": self.conv}
-        feeds.update({f"k_cache_{i}": k for i, k in enumerate(self.k)})
-        feeds.update({f"v_cache_{i}": v for i, v in enumerate(self.v)})
-        return feeds
+        return dict(zip(encoder_input_names(len(self.k))[2:], self.as_args()))
 
     def as_args(self) -> tuple[np.ndarray, ...]:
         """Positional graph inputs after mel and drop, in the exported order."""
@@ -113,17 +117,17 @@ def batch_feeds(caches: list[EncoderCache], buffers: BatchBuffers | None = None)
     layer-major batch array (from `buffers` when given), whose per-layer slices the graph reads."""
     if len(caches) == 1:
         return caches[0].feeds()
+    buffers = buffers if buffers is not None else BatchBuffers()  # (a throwaway one: fresh arrays)
     n = len(caches)
     first = caches[0]
     rings = {}
     for name in ("k", "v"):
         shape = (first.k.shape[0], n) + first.k.shape[1:]
-        out = buffers.get(name, shape, axis=1) if buffers is not None else np.empty(shape, np.float32)
+        out = buffers.get(name, shape, axis=1)
         for b, c in enumerate(caches):
             out[:, b] = getattr(c, name)
         rings[name] = [out[i] for i in range(shape[0])]
-    conv_shape = (n,) + first.conv.shape
-    conv = buffers.get("conv", conv_shape) if buffers is not None else np.empty(conv_shape, np.float32)
+    conv = buffers.get("conv", (n,) + first.conv.shape)
     np.stack([c.conv for c in caches], out=conv)
     return CacheFeeds(np.array([c.length for c in caches], dtype=np.int64),
                       np.array([c.start for c in caches], dtype=np.int64), conv, rings["k"], rings["v"])
