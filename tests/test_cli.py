@@ -16,7 +16,7 @@ def run_cli(*args: str, stdin: bytes | None = None, env: dict | None = None) -> 
     import os
 
     full_env = dict(os.environ, **(env or {}))
-    return subprocess.run([sys.executable, "-m", "streamasr.cli", *args], input=stdin, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "streamasr", *args], input=stdin, capture_output=True,
                           timeout=300, env=full_env)
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from audio_pieces import pieces
 
-from streamasr.convert.reference_features import nemo_window_and_filterbank, slaney_mel_filterbank
+from streamasr.convert.reference_features import (
+    nemo_window_and_filterbank,
+    slaney_mel_filterbank,
+)
 from streamasr.frontend import StreamingLogMel, log_mel
 from streamasr.model_config import FrontendConfig
-
-from audio_pieces import pieces
 
 CFG = FrontendConfig()
 NEAR_SILENCE = -14.0

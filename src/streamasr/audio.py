@@ -1,4 +1,4 @@
-"""Reading audio files and raw PCM into float32 mono at the model's sample rate.
+"""Reading audio files, raw PCM and the microphone into float32 mono at the model's sample rate.
 
 Resampling uses soxr (high-quality polyphase/sinc), never linear interpolation, which would alias and
 cost accuracy. Channels are averaged to mono. Integer PCM is scaled by 1/32768, as NeMo's reader does.
@@ -6,13 +6,14 @@ cost accuracy. Channels are averaged to mono. Integer PCM is scaled by 1/32768, 
 
 from __future__ import annotations
 
+import queue
 import sys
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 
-from .errors import AudioError
+from streamasr.errors import AudioError
 
 
 def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
@@ -97,3 +98,25 @@ def iter_pcm(stream: BinaryIO | None = None, block_bytes: int = 3200, encoding: 
             yield pcm_to_float(block[:whole], encoding)
     if carry:
         raise AudioError(f"raw input ended in the middle of a {encoding} sample")
+
+
+def open_microphone(sample_rate: int, block: int) -> tuple[object, queue.Queue]:
+    """A started sounddevice input stream (mono float32, `block` samples per callback) and the queue its
+    blocks arrive in; a StreamASRError naming what is missing (the package, PortAudio, a device)."""
+    try:
+        import sounddevice as sd  # optional: the `mic` extra, which needs PortAudio
+    except (ImportError, OSError) as exc:
+        raise AudioError(f"microphone input needs the sounddevice package and PortAudio "
+                         f"(pip install 'streamasr[mic]'; Debian: apt install libportaudio2) ({exc})") from None
+    try:
+        sd.query_devices(kind="input")
+    except Exception as exc:
+        raise AudioError(f"no audio input device found ({exc})") from None
+    blocks: queue.Queue = queue.Queue()
+    try:
+        stream = sd.InputStream(samplerate=sample_rate, channels=1, dtype="float32", blocksize=block,
+                                callback=lambda data, frames, t, status: blocks.put(data[:, 0].copy()))
+        stream.start()
+    except Exception as exc:
+        raise AudioError(f"cannot open the microphone: {exc}") from None
+    return stream, blocks

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .model_config import FrontendConfig
+from streamasr.model_config import FrontendConfig
 
 
 class StreamingLogMel:

@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelError
+from streamasr.errors import ModelError
+
+#: ONNX graphs larger than this keep their weights in a side file (`NAME.onnx.data`)
+EXTERNAL_DATA_THRESHOLD = 512 << 20
 
 #: Bumped whenever the directory layout or the graphs' inputs/outputs change incompatibly.
 FORMAT_VERSION = 3  # 2: attention caches in the heads layout; 3: ring buffers, one input per layer (see cache_shapes)

@@ -13,8 +13,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import ModelError, OfflineError
-from .model_config import CONFIG_NAME, FORMAT_VERSION
+from streamasr.convert.nemo_file import read_nemo
+from streamasr.convert.random_model import RANDOM_PREFIX, build_random_nemo
+from streamasr.errors import ModelError, OfflineError
+from streamasr.model_config import CONFIG_NAME, FORMAT_VERSION
 
 DEFAULT_MODEL = "nvidia/nemotron-speech-streaming-en-0.6b"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -77,9 +79,7 @@ def download_nemo(repo_id: str) -> Path:
 def convert_source(source: str, out_dir: Path) -> Path:
     """Convert a `.nemo` path, a hub repo id or `random:NAME` into `out_dir` (the convert extra needed)."""
     _require_convert_extra()
-    from .convert.export import convert_checkpoint
-    from .convert.nemo_file import read_nemo
-    from .convert.random_model import RANDOM_PREFIX, build_random_nemo
+    from streamasr.convert.export import convert_checkpoint
 
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".partial")

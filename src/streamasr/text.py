@@ -11,7 +11,7 @@ import re
 import unicodedata
 from pathlib import Path
 
-from .errors import ModelError
+from streamasr.errors import ModelError
 
 
 class TextDecoder:

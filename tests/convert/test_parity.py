@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamasr.convert.nemo_reference import nemo_offline_encoding, nemo_streaming
+from streamasr.eval.nemo_reference import nemo_offline_encoding, nemo_streaming
+from streamasr.eval.verify import max_chunk_difference, run_with_encodings
 from streamasr.model_config import ModelConfig
-from streamasr.verify import max_chunk_difference, run_with_encodings
 
 FILES = ["jfk_inaugural_1961.wav", "ls_2412-153948-0000.wav", "arctic_slt_a0005.wav", "pocketsphinx_goforward.wav"]
 

@@ -7,7 +7,6 @@ import threading
 
 import numpy as np
 import pytest
-
 from audio_pieces import pieces
 
 FILES = ["jfk_inaugural_1961.wav", "ls_2412-153948-0000.wav", "pocketsphinx_goforward.wav"]

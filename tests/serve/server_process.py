@@ -22,7 +22,7 @@ def running_server(model_dir, *args: str, stdout=subprocess.DEVNULL) -> Iterator
     """(process, port) of `streamasr serve --model model_dir --allow-random *args` once /health answers;
     terminated on exit (its piped stdout can be read after)."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "streamasr.cli", "serve", "--model", str(model_dir),
+    proc = subprocess.Popen([sys.executable, "-m", "streamasr", "serve", "--model", str(model_dir),
                              "--port", str(port), "--allow-random", *args], stdout=stdout, stderr=subprocess.PIPE)
     try:
         for _ in range(150):

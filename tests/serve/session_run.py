@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from streamasr.runtime.endpoint import EndpointConfig
 from streamasr.serve.scheduler import Scheduler
-from streamasr.serve.session import EndpointConfig, StreamSession
+from streamasr.serve.session import StreamSession
 
 
 def run_session(model, pieces, endpoint: EndpointConfig, latency: int = 160):

@@ -9,8 +9,8 @@ import time
 import aiohttp
 import numpy as np
 
+from streamasr.runtime.endpoint import EndpointConfig
 from streamasr.serve.client import encode_pcm, file_blocks, stream_blocks, stream_url
-from streamasr.serve.session import EndpointConfig
 
 
 async def _events_until_close(ws, timeout=10.0):

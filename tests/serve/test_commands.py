@@ -17,7 +17,7 @@ def test_serve_and_client_commands(serve_model, short_speech, tmp_path, s16_roun
                         stdout=subprocess.PIPE) as (proc, port):
         wav = tmp_path / "a.wav"
         sf.write(wav, short_speech[0], 16000, subtype="PCM_16")
-        out = subprocess.run([sys.executable, "-m", "streamasr.cli", "client", str(wav), "--url",
+        out = subprocess.run([sys.executable, "-m", "streamasr", "client", str(wav), "--url",
                               f"ws://127.0.0.1:{port}", "--latency", "160", "--fast", "--json"],
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
@@ -46,10 +46,10 @@ def test_serve_rejects_bad_scheduling_options(serve_model, capsys):
 def test_client_errors_are_one_line(capsys):
     assert main(["client", "--url", f"ws://127.0.0.1:{free_port()}", "/nonexistent.wav"]) == 2
     assert "no such file" in capsys.readouterr().err
-    import numpy as np
-
     import os
     import tempfile
+
+    import numpy as np
 
     with tempfile.TemporaryDirectory() as d:
         wav = os.path.join(d, "x.wav")

@@ -8,8 +8,8 @@ import numpy as np
 from session_run import run_session
 
 from streamasr.runtime.decoder import Token
-from streamasr.serve.session import EndpointConfig
-from streamasr.serve.words import assemble_words, trailing_blank_frames
+from streamasr.runtime.endpoint import EndpointConfig
+from streamasr.runtime.words import assemble_words, trailing_blank_frames
 
 
 def _run(model, samples, endpoint, latency=160):

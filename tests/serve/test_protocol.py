@@ -13,7 +13,7 @@ NO_ENDPOINT = dict(silence_ms=0, max_utterance_s=0)
 
 
 def _endpoint(**kw):
-    from streamasr.serve.session import EndpointConfig
+    from streamasr.runtime.endpoint import EndpointConfig
 
     return EndpointConfig(**kw)
 

@@ -7,9 +7,10 @@ import asyncio
 import numpy as np
 import pytest
 
+from streamasr.runtime.endpoint import EndpointConfig
 from streamasr.serve.client import file_blocks, stream_blocks, stream_url
 from streamasr.serve.scheduler import Scheduler
-from streamasr.serve.session import EndpointConfig, StreamSession
+from streamasr.serve.session import StreamSession
 
 
 def _run_until_finished(scheduler, sessions, feeders, max_rounds=20000):
@@ -70,7 +71,7 @@ def test_backlogged_stream_does_not_stall_others(serve_model, short_speech):
     scheduler.step()
     scheduler.step()
     # after two rounds each stream has run exactly two encoder steps: the backlog takes its turn
-    assert big.stream.encoder.steps == 2 and live.stream.encoder.steps == 2
+    assert big.stream.steps == 2 and live.stream.steps == 2
 
 
 def test_concurrent_clients_over_socket_match_alone(serve_model, make_server, short_speech, s16_roundtrip):
@@ -91,15 +92,15 @@ def test_concurrent_clients_over_socket_match_alone(serve_model, make_server, sh
     assert st.server.active == 0
 
 
-def _past_first_step(model, scheduler, sessions, x) -> int:
+def _past_first_step(model, scheduler, sessions, x, clock=None) -> int:
     """Feed each session just enough audio for its first step and run it, so that later steps may wait.
     Returns the samples fed; feeding `_chunk_samples` more completes exactly one more chunk."""
     sched = sessions[0].stream.encoder.schedule
     n = sched.first_chunk * 160 + 300  # + the frontend's look-ahead (half a 512-point window)
     for s in sessions:
-        s.feed(x[:n])
+        s.feed(x[:n], arrival=clock() if clock else None)
     scheduler.step()
-    assert all(s.stream.encoder.steps == 1 and not s.ready() for s in sessions)
+    assert all(s.stream.steps == 1 and not s.ready() for s in sessions)
     return n
 
 
@@ -107,121 +108,75 @@ def _chunk_samples(session) -> int:
     return session.stream.encoder.schedule.chunk * 160
 
 
+class _Clock:
+    """A clock the test moves by hand: the batching window's deadlines are read from it, not from the wall."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_batching_window_waits_for_the_other_streams(serve_model, short_speech):
     """A ready chunk waits (up to batch_wait of a chunk) for the other open streams, then all run as one batch."""
+    clock = _Clock()
     steps: list[int] = []
-    scheduler = Scheduler(serve_model, on_step=lambda b, s: steps.append(b), batch_wait=1.0)
+    scheduler = Scheduler(serve_model, on_step=lambda b, s: steps.append(b), batch_wait=1.0, clock=clock)
     a, b = (StreamSession(serve_model, 560, EndpointConfig(0, 0)) for _ in range(2))
     for s in (a, b):
         scheduler.add(s)
     x = short_speech[0]
-    pos = _past_first_step(serve_model, scheduler, (a, b), x)
+    pos = _past_first_step(serve_model, scheduler, (a, b), x, clock)
     steps.clear()
     chunk = _chunk_samples(a)
-    a.feed(x[pos : pos + chunk])  # a completes its next chunk; b has not sent anything yet
+    a.feed(x[pos : pos + chunk], arrival=clock())  # a completes its next chunk; b has not sent anything yet
     a.drain()  # (what the scheduler's round does first)
     assert a.ready() and not b.ready()
     arrival = a.ready_since()
     scheduler.step()
-    assert steps == [] and a.stream.encoder.steps == 1, "a's chunk should wait for b"
+    assert steps == [] and a.stream.steps == 1, "a's chunk should wait for b"
     assert scheduler._deadline == pytest.approx(arrival + 0.56)
-    b.feed(x[pos : pos + chunk])
+    clock.now += 0.5  # still inside the window
+    b.feed(x[pos : pos + chunk], arrival=clock())
     scheduler.step()
     assert steps == [2], "both chunks should run as one batch"
-    assert a.stream.encoder.steps == 2 and b.stream.encoder.steps == 2
+    assert a.stream.steps == 2 and b.stream.steps == 2
 
 
 def test_batching_window_is_bounded_and_off_by_default(serve_model, short_speech):
     x = short_speech[0]
     for wait, expect_held in ((0.0, False), (0.05, True)):
+        clock = _Clock()
         steps: list[int] = []
-        scheduler = Scheduler(serve_model, on_step=lambda b, s: steps.append(b), batch_wait=wait)
+        scheduler = Scheduler(serve_model, on_step=lambda b, s: steps.append(b), batch_wait=wait, clock=clock)
         a, b = (StreamSession(serve_model, 160, EndpointConfig(0, 0)) for _ in range(2))
         for s in (a, b):
             scheduler.add(s)
-        pos = _past_first_step(serve_model, scheduler, (a, b), x)
+        pos = _past_first_step(serve_model, scheduler, (a, b), x, clock)
         steps.clear()
-        a.feed(x[pos : pos + _chunk_samples(a)])
+        a.feed(x[pos : pos + _chunk_samples(a)], arrival=clock())
+        clock.now += 0.0079  # just inside 5% of a 160 ms chunk: a still waits for b
         scheduler.step()
         assert (steps == []) is expect_held
-        if expect_held:  # 5% of 160 ms later the deadline has passed: a runs alone rather than wait longer
-            import time
-
-            time.sleep(0.01)
+        if expect_held:
+            assert scheduler._deadline == pytest.approx(clock.now - 0.0079 + 0.008)
+            clock.now += 0.0002  # the deadline has passed: a runs alone rather than wait longer
             scheduler.step()
-            assert steps == [1] and a.stream.encoder.steps == 2
+            assert steps == [1] and a.stream.steps == 2
     # a single stream never waits (nobody to wait for), whatever the window
+    clock = _Clock()
     steps = []
-    scheduler = Scheduler(serve_model, on_step=lambda b, s: steps.append(b), batch_wait=1.0)
+    scheduler = Scheduler(serve_model, on_step=lambda b, s: steps.append(b), batch_wait=1.0, clock=clock)
     solo = StreamSession(serve_model, 160, EndpointConfig(0, 0))
     scheduler.add(solo)
-    pos = _past_first_step(serve_model, scheduler, (solo,), x)
+    pos = _past_first_step(serve_model, scheduler, (solo,), x, clock)
     steps.clear()
-    solo.feed(x[pos : pos + _chunk_samples(solo)])
+    solo.feed(x[pos : pos + _chunk_samples(solo)], arrival=clock())
     scheduler.step()
     assert steps and steps[0] == 1
     with pytest.raises(ValueError, match="batch_wait"):
         Scheduler(serve_model, batch_wait=2.0)
-
-
-def test_warm_up_runs_every_batch_size_and_leaves_streams_alone(serve_model, short_speech):
-    from streamasr.serve.scheduler import warm_up
-
-    calls: list[tuple] = []
-    backend = serve_model.backend
-    originals = {name: getattr(backend, name) for name in ("encode",)}
-
-    def spy(name):
-        def call(mel, drop, *rest):
-            calls.append((mel.shape[0], mel.shape[1], int(drop)))
-            return originals[name](mel, drop, *rest)
-        return call
-
-    for name in originals:
-        setattr(backend, name, spy(name))
-    try:
-        took = warm_up(serve_model, 160, 3)
-    finally:
-        for name, fn in originals.items():
-            setattr(backend, name, fn)
-    assert took > 0
-    # batch sizes 1..3, each a first step (drop 0) and a later step (drop > 0)
-    assert sorted({(b, d > 0) for b, _, d in calls}) == [(b, later) for b in (1, 2, 3) for later in (False, True)]
-    x = short_speech[1]
-    assert serve_model.transcribe(x, 160).token_ids == serve_model.transcribe(x, 160).token_ids
-
-
-def test_batch_buffers_give_the_same_steps_as_fresh_arrays(serve_model, short_speech):
-    """encode_batch gathering into reused buffers equals gathering into fresh arrays, step after step, each
-    stream keeps its own rings, and a batched step equals the streams stepped alone to float rounding."""
-    from streamasr.serve.scheduler import BatchBuffers, encode_batch
-
-    def streams():
-        out = []
-        for x in short_speech:
-            st = serve_model.stream(160)
-            st.encoder.buffer(st.frontend.accept(x[:48000]))
-            out.append(st.encoder)
-        return out
-
-    plain, buffered, alone, buffers = streams(), streams(), streams(), BatchBuffers()
-    for _ in range(4):
-        a = encode_batch(serve_model.backend, plain)
-        b = encode_batch(serve_model.backend, buffered, buffers)
-        c = [encode_batch(serve_model.backend, [e])[0] for e in alone]
-        for ca, cb, cc in zip(a, b, c):
-            np.testing.assert_array_equal(ca.encoded, cb.encoded)
-            np.testing.assert_array_equal(ca.encoded_proj, cb.encoded_proj)
-            np.testing.assert_allclose(ca.encoded, cc.encoded, rtol=1e-4, atol=1e-4)
-        for ea, eb, ec in zip(plain, buffered, alone):
-            for name in ("k", "v", "conv", "length", "start"):
-                np.testing.assert_array_equal(getattr(ea.cache, name), getattr(eb.cache, name))
-            np.testing.assert_allclose(ea.cache.k, ec.cache.k, rtol=1e-4, atol=1e-4)
-    ks = [e.cache.k for e in buffered]
-    assert all(k.base is None for k in ks) and len({k.ctypes.data for k in ks}) == len(ks)
-    assert buffered[0].cache.length > 0
-    buffers.clear()
-    assert buffers._arrays == {}
 
 
 def test_load_is_the_busy_fraction_of_the_recent_window(serve_model, short_speech):

@@ -16,9 +16,9 @@ import pytest
 from session_run import run_session
 
 from streamasr.errors import StreamASRError
-from streamasr.serve import vad as vad_module
-from streamasr.serve.session import EndpointConfig
-from streamasr.serve.vad import WINDOW, SileroVAD, SpeechEnds, VadRule
+from streamasr.runtime import vad as vad_module
+from streamasr.runtime.endpoint import EndpointConfig
+from streamasr.runtime.vad import WINDOW, SileroVAD, SpeechEnds, VadRule
 
 RATE = 16000
 NEVER_BLANK_MS = 10**6  # a blank-frame rule that cannot fire within any test audio
@@ -192,7 +192,7 @@ def test_missing_package_is_a_clear_error(monkeypatch, capsys):
 
 def test_runtime_never_imports_torch(silero):
     code = ("import sys, numpy as np\n"
-            "from streamasr.serve.vad import SileroVAD\n"
+            "from streamasr.runtime.vad import SileroVAD\n"
             "p = SileroVAD().accept(np.zeros(2048, np.float32))\n"
             "assert p.shape == (4,), p.shape\n"
             "print(sorted(m for m in ('torch', 'silero_vad') if m in sys.modules))\n")

@@ -12,8 +12,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ModelError
-from ..model_config import DecoderConfig, EncoderConfig, FrontendConfig, LatencyMode
+from streamasr.errors import ModelError
+from streamasr.model_config import (
+    DecoderConfig,
+    EncoderConfig,
+    FrontendConfig,
+    LatencyMode,
+)
 
 
 @dataclass(frozen=True)

@@ -14,16 +14,20 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__
-from ..errors import ModelError
-from ..model_config import ModelConfig
-from ..runtime.cache import encoder_input_names
-from .architecture import Architecture, parse_architecture
-from .nemo_file import NemoCheckpoint
-from .torch_modules import EncoderStep, Joint, PredictionStep, initial_inputs
+from streamasr import __version__
+from streamasr.convert.architecture import Architecture, parse_architecture
+from streamasr.convert.nemo_file import NemoCheckpoint
+from streamasr.convert.torch_modules import (
+    EncoderStep,
+    Joint,
+    PredictionStep,
+    initial_inputs,
+)
+from streamasr.errors import ModelError
+from streamasr.model_config import EXTERNAL_DATA_THRESHOLD, ModelConfig
+from streamasr.runtime.cache import encoder_input_names
 
 OPSET = 17
-EXTERNAL_DATA_THRESHOLD = 512 << 20  # graphs larger than this keep their weights in a side file
 
 ENCODER_OUTPUTS = ["encoded", "encoded_proj", "k_new", "v_new", "conv_cache_next"]
 

@@ -12,12 +12,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..frontend import log_mel
-from ..runtime.cache import CacheFeeds
-from ..runtime.decoder import GreedyDecoder
-from ..runtime.encoder import StreamingEncoder
-from .architecture import Architecture, parse_architecture
-from .torch_modules import EncoderStep, Joint, PredictionStep
+from streamasr.convert.architecture import Architecture, parse_architecture
+from streamasr.convert.torch_modules import EncoderStep, Joint, PredictionStep
+from streamasr.frontend import log_mel
+from streamasr.runtime.cache import CacheFeeds
+from streamasr.runtime.decoder import GreedyDecoder
+from streamasr.runtime.encoder import StreamingEncoder
 
 
 class TorchBackend:

@@ -19,9 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from .nemo_file import write_nemo
-
 import numpy as np
+
+from streamasr.convert.nemo_file import write_nemo
+from streamasr.convert.reference_features import nemo_window_and_filterbank
+from streamasr.errors import ModelError
+from streamasr.speech import bundled_speech
 
 NEMOTRON_EN = "nemotron-speech-streaming-en-0.6b"
 RANDOM_PREFIX = "random:"
@@ -142,7 +145,6 @@ def random_state_dict(spec: ArchSpec, seed: int = 0) -> dict[str, Any]:
 
     d, c, v = spec.d_model, spec.subsampling_channels, spec.vocab_size
     sd: dict[str, Any] = {}
-    from .reference_features import nemo_window_and_filterbank
 
     window, fb = nemo_window_and_filterbank(spec.n_mels)
     sd["preprocessor.featurizer.window"] = torch.from_numpy(window)
@@ -223,7 +225,7 @@ def make_speech_like(
     w0 = state_dict["encoder.pre_encode.conv.0.weight"]
     state_dict["encoder.pre_encode.conv.0.weight"] = (w0 - w0.mean(dim=(2, 3), keepdim=True)) * 0.05
 
-    from .pipeline_reference import TorchReference
+    from streamasr.convert.pipeline_reference import TorchReference
 
     speech = list(speech)
     ref = TorchReference.from_state_dict(nemo_cfg, state_dict)
@@ -299,17 +301,6 @@ def make_speech_like(
     return SpeechLikeReport(tokens_per_frame=r, distinct_tokens=len(set(flat)), max_repeat_run=best, blank_scale=hi)
 
 
-def shared_speech(max_seconds: float = 15.0) -> list[np.ndarray]:
-    """The workplace's real speech, each file capped, for tuning."""
-    from ..shared_speech import SPEECH_DIR_ENV, find_speech_dir, read_speech
-
-    directory = find_speech_dir()
-    if directory is None:
-        raise FileNotFoundError(
-            f"speech for tuning a random model not found; set {SPEECH_DIR_ENV} to a folder with manifest.jsonl")
-    return list(read_speech(directory, max_seconds=max_seconds).values())
-
-
 def build_random_nemo(name: str, path: Path, seed: int = 0, speech: list[np.ndarray] | None = None,
                       nemo_model_factory=None) -> SpeechLikeReport:
     """Write a speech-like random-weight `.nemo` for a named architecture.
@@ -320,8 +311,6 @@ def build_random_nemo(name: str, path: Path, seed: int = 0, speech: list[np.ndar
     if name.startswith(RANDOM_PREFIX):
         name = name[len(RANDOM_PREFIX):]
     if name not in ARCHITECTURES:
-        from ..errors import ModelError
-
         raise ModelError(f"unknown architecture {name!r}; known: {', '.join(ARCHITECTURES)}")
     spec = ARCHITECTURES[name]
     path = Path(path)
@@ -330,7 +319,7 @@ def build_random_nemo(name: str, path: Path, seed: int = 0, speech: list[np.ndar
         cfg = nemo_config(spec, str(tok_dir))
         sd = random_state_dict(spec, seed=seed)
         if speech is None:  # the full-size model runs slowly in torch: tune it on a few seconds of speech
-            speech = shared_speech(max_seconds=10.0)[::2] if spec.d_model < 512 else shared_speech(max_seconds=6.0)[:4]
+            speech = bundled_speech(max_seconds=10.0) if spec.d_model < 512 else bundled_speech(max_seconds=6.0)[:4]
         report = make_speech_like(sd, cfg, speech, seed=seed)
         if nemo_model_factory is not None:
             model = nemo_model_factory(cfg)

@@ -39,8 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..model_config import cache_shapes
-from .architecture import Architecture
+from streamasr.convert.architecture import Architecture
+from streamasr.model_config import cache_shapes
 
 MASK_VALUE = -10000.0  # NeMo's INF_VAL for masked attention scores (not -inf)
 LN_EPS = 1e-5

@@ -1,5 +1,9 @@
-"""Inference at run time: ONNX Runtime sessions, the encoder step, greedy RNN-T and the Stream API."""
+"""Inference at run time (onnxruntime + numpy only): the `Model` and its `Stream`s, many streams' encoder
+steps batched in one call (`decode_streams`), and endpointing into finals (`Endpointer`)."""
 
-from .stream import Model, Result, Stream
+from streamasr.runtime.batch import decode_streams, encode_batch, warm_up
+from streamasr.runtime.endpoint import EndpointConfig, Endpointer, Final
+from streamasr.runtime.stream import Model, Result, Stream
 
-__all__ = ["Model", "Result", "Stream"]
+__all__ = ["Model", "Result", "Stream", "decode_streams", "encode_batch", "warm_up", "EndpointConfig", "Endpointer",
+           "Final"]

@@ -13,8 +13,8 @@ from typing import Protocol
 
 import numpy as np
 
-from ..errors import ModelError
-from .cache import CacheFeeds
+from streamasr.errors import ModelError
+from streamasr.runtime.cache import CacheFeeds
 
 EncoderOut = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
@@ -102,6 +102,21 @@ class OrtBackend:
                 raise ModelError(f"{wanted} could not be created for {path.name} (the session has "
                                  f"{session.get_providers()}); see onnxruntime's error log above")
             self.sessions[name] = session
+
+    def with_encoder(self, path: Path, options, providers: list | None = None) -> "OrtBackend":
+        """A backend sharing this one's decoder and joint sessions, with the encoder loaded from `path` under
+        ORT `options` (other weights, a profiler): a benchmark's or analysis' variant, nothing patched."""
+        import onnxruntime as ort
+
+        other = object.__new__(OrtBackend)
+        other.providers = providers or self.providers
+        other.sessions = dict(self.sessions)
+        try:
+            other.sessions["encoder"] = ort.InferenceSession(str(path), sess_options=options,
+                                                             providers=other.providers)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ModelError(f"cannot load {path}: {exc}") from exc
+        return other
 
     def encode(self, mel, drop, caches: CacheFeeds) -> EncoderOut:
         # (ORT reads C-contiguous float32 numpy inputs in place: the cache rings are not copied)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..model_config import EncoderConfig, cache_shapes
+from streamasr.model_config import EncoderConfig, cache_shapes
 
 
 def encoder_input_names(n_layers: int) -> list[str]:

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..model_config import DecoderConfig
-from .backend import Backend
+from streamasr.model_config import DecoderConfig
+from streamasr.runtime.backend import Backend
 
 
 @dataclass

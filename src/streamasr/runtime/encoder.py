@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..model_config import EncoderConfig, LatencyMode
-from .backend import Backend
-from .cache import EncoderCache
+from streamasr.model_config import EncoderConfig, LatencyMode
+from streamasr.runtime.backend import Backend
+from streamasr.runtime.cache import EncoderCache
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,7 @@ class StreamingEncoder:
         self._history = np.zeros((self.schedule.pre_encode_cache, n_mels), dtype=np.float32)
         self._steps = 0
         self._frames_out = 0
+        self.frames_consumed = 0  # mel frames taken by the steps so far
         self.cache = EncoderCache(enc)
 
     @property
@@ -105,6 +106,7 @@ class StreamingEncoder:
         """Commit a step's result (`cache` must already be updated): consume frames, keep mel history."""
         consumed = self._pending[:width]
         self._pending = self._pending[width:]
+        self.frames_consumed += consumed.shape[0]
         self._history = np.concatenate((self._history, consumed))[-self.schedule.pre_encode_cache :]
         chunk = EncodedChunk(encoded, encoded_proj, self._frames_out)
         self._steps += 1

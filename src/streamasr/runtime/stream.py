@@ -8,6 +8,12 @@
 
 A model's ONNX sessions are shared (thread-safe); all mutable state lives in the stream, so streams may
 be used from different threads, one thread per stream at a time.
+
+Callers that run many streams (a server) batch their encoder steps instead: `Stream.feed` buffers audio
+without encoding, `Stream.is_ready` says a chunk is complete, and `runtime.batch.decode_streams` steps the
+ready streams' encoders in one call and lets each stream decode its own chunk (`Stream.accept_chunks`).
+An observer (`Stream.on_chunk`) sees every chunk's encoder output and the tokens it emitted: verification
+and benchmarks watch the stream through it rather than reaching inside.
 """
 
 from __future__ import annotations
@@ -15,16 +21,20 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from ..errors import AudioError, ModelError
-from ..frontend import StreamingLogMel
-from ..model_config import ModelConfig
-from ..text import TextDecoder
-from .backend import Backend, OrtBackend
-from .decoder import GreedyDecoder, Token
-from .encoder import EncodedChunk, StreamingEncoder
+from streamasr.errors import AudioError, ModelError
+from streamasr.frontend import StreamingLogMel
+from streamasr.model_config import ModelConfig
+from streamasr.runtime.backend import Backend, OrtBackend
+from streamasr.runtime.decoder import GreedyDecoder, Token
+from streamasr.runtime.encoder import EncodedChunk, StreamingEncoder
+from streamasr.text import TextDecoder
+
+#: an observer of a stream's chunks: (the chunk's encoder output, the tokens decoded from it)
+ChunkObserver = Callable[[EncodedChunk, list[Token]], None]
 
 
 @dataclass
@@ -81,9 +91,20 @@ class Model:
             backend = OrtBackend(directory, config.files, threads=threads, providers=providers)
         return cls(directory, config, backend, window, filterbank, text)
 
-    def stream(self, latency_ms: int | None = None, nemo_compat: bool = False) -> "Stream":
-        return Stream(self, latency_ms if latency_ms is not None else self.config.encoder.default_latency_ms,
-                      nemo_compat=nemo_compat)
+    def with_backend(self, backend: Backend) -> "Model":
+        """The same model run by another backend (a timing wrapper, an encoder with other weights)."""
+        return Model(self.directory, self.config, backend, self.window, self.filterbank, self.text)
+
+    def latency(self, latency_ms: int | None = None) -> int:
+        """`latency_ms`, or the model's default mode when None; a ModelError naming the modes if unknown."""
+        latency = self.config.encoder.default_latency_ms if latency_ms is None else latency_ms
+        self.config.encoder.mode(latency)
+        return latency
+
+    def stream(self, latency_ms: int | None = None, nemo_compat: bool = False,
+               on_chunk: ChunkObserver | None = None) -> "Stream":
+        """A new independent stream at `latency_ms` (default: the model's mode); `on_chunk` observes it."""
+        return Stream(self, self.latency(latency_ms), nemo_compat=nemo_compat, on_chunk=on_chunk)
 
     def transcribe(self, samples: np.ndarray, latency_ms: int | None = None, nemo_compat: bool = False) -> Result:
         """Stream a whole utterance through (the same path as live audio) and return the result."""
@@ -97,6 +118,7 @@ class Stream:
     model: Model
     latency_ms: int
     nemo_compat: bool = False
+    on_chunk: ChunkObserver | None = None
     _text: str = field(default="", init=False)
     _finished: bool = field(default=False, init=False)
 
@@ -115,7 +137,57 @@ class Stream:
 
     @property
     def tokens(self) -> list[Token]:
+        """Every token decoded so far, with its global encoder frame."""
         return self.decoder.tokens
+
+    @property
+    def frames_decoded(self) -> int:
+        """Encoder frames decoded so far (each `model.config.frame_seconds` of audio)."""
+        return self.decoder.frames_decoded
+
+    @property
+    def steps(self) -> int:
+        """Encoder steps (chunks) run so far."""
+        return self.encoder.steps
+
+    @property
+    def mel_frames_consumed(self) -> int:
+        """Mel frames consumed by the encoder steps so far."""
+        return self.encoder.frames_consumed
+
+    @property
+    def samples_seen(self) -> int:
+        return self.frontend.samples_seen
+
+    @property
+    def next_width(self) -> int:
+        """Mel frames the next encoder step consumes."""
+        return self.encoder.next_width()
+
+    @property
+    def is_ready(self) -> bool:
+        """A complete chunk is buffered and waits for an encoder step (see `feed`)."""
+        return not self._finished and self.encoder.ready()
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    def batch_key(self) -> tuple[int, int, bool]:
+        """Streams whose next steps share this key can be encoded in one batched call: (latency mode,
+        step width, first step or not) fix the mel input's width and the `drop` count."""
+        return (self.latency_ms, self.encoder.next_width(), self.encoder.steps == 0)
+
+    def feed(self, samples: np.ndarray) -> int:
+        """Buffer float32 mono samples as mel frames WITHOUT encoding them, for a caller that batches the
+        encoder steps of many streams (`runtime.batch`). Returns the mel frames buffered."""
+        x = self._check(samples)
+        with self._lock:
+            if self._finished:
+                raise RuntimeError("feed() after finish()")
+            frames = self.frontend.accept(x)
+            self.encoder.buffer(frames)
+            return frames.shape[0]
 
     def accept(self, samples: np.ndarray) -> str:
         """Feed float32 mono samples at the model's sample rate; returns the text added by them."""
@@ -156,7 +228,10 @@ class Stream:
     def _decode(self, chunks: list[EncodedChunk]) -> str:
         emitted = False
         for chunk in chunks:
-            emitted |= bool(self.decoder.decode_chunk(chunk.encoded_proj))
+            new = self.decoder.decode_chunk(chunk.encoded_proj)
+            emitted |= bool(new)
+            if self.on_chunk is not None:
+                self.on_chunk(chunk, new)
         if not emitted:
             return ""
         old = self._text

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import aiohttp
 import numpy as np
 
 
@@ -55,8 +56,6 @@ async def stream_blocks(url: str, blocks, encoding: str = "pcm_s16le", realtime:
     """Send float32 blocks (an iterable or async iterable), then `end`; return every event received.
 
     realtime: pace the blocks at the audio's duration (as a live source would)."""
-    import aiohttp
-
     result = ClientResult()
     own = session is None
     session = session or aiohttp.ClientSession()

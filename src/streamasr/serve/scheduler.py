@@ -1,27 +1,23 @@
-"""The batching scheduler: one thread runs the encoder steps of all live streams, batched.
+"""The server's scheduling policy: one thread runs the encoder steps of all live streams, batched.
 
 Each round:
-1. every session's newly arrived audio goes through its own frontend (mel frames are buffered in its
-   encoder, nothing is encoded yet);
-2. the sessions with a complete chunk are grouped by (latency mode, step width, first step or not) -- the
-   items of one encoder call must share the mel width and the `drop` count -- and each group runs as ONE
-   ONNX Runtime call with a batch axis (up to `max_batch` streams): mel inputs are stacked, each stream's
-   cache rings are copied once into the batch, and the step's new keys and values are written back into
-   each stream's own rings (runtime/cache.py);
-3. each stream decodes its own chunk with its own RNN-T decoder state (greedy decoding is per stream);
+1. every session's newly arrived audio goes through its own front end (mel frames wait in its stream);
+2. the streams with a complete chunk are grouped by `Stream.batch_key()` and each group runs as ONE
+   batched encoder call (`runtime.batch.encode_batch`, up to `max_batch` streams);
+3. each stream decodes its own chunk, and its endpointer turns tokens into partials and finals;
 4. sessions whose client sent `end` and have no complete chunk left encode their tail and emit the final.
 
 Fairness: a round takes at most ONE chunk per stream, so a stream with a backlog (a client that sends
 faster than real time, or fell behind) advances one chunk per round alongside the others instead of
 stalling them; rounds repeat while any chunk is ready.
 
-Batching window: a batched step costs far less per stream than single steps (full-size int4 at 160 ms:
-20 ms for one stream, 8.2 ms per stream for eight), but streams' chunks complete at unrelated moments, so
-a scheduler that runs whatever is ready at once makes batches of 1-3 and spends its whole time on them
-once a few streams are open. So a group of later steps waits, at most `batch_wait` of a chunk's duration
-counted from when its oldest chunk's audio arrived, for the other open streams of its latency mode to
-complete theirs; it runs at once when they all have (always the case for a single stream) or the batch is
-full. First steps and a stream's tail never wait.
+Batching window: a batched step costs far less per stream than single steps, but streams' chunks complete
+at unrelated moments, so a scheduler that runs whatever is ready at once makes small batches and spends
+its whole time on them once a few streams are open. So a group of later steps waits, at most `batch_wait`
+of a chunk's duration counted from when its oldest chunk's audio arrived, for the other open streams of
+its latency mode to complete theirs; it runs at once when they all have (always the case for a single
+stream) or the batch is full. First steps and a stream's tail never wait. Deadlines are read from
+`clock` (time.perf_counter by default; the session's arrival times must come from the same clock).
 """
 
 from __future__ import annotations
@@ -32,11 +28,10 @@ import time
 from collections import defaultdict, deque
 from typing import Callable
 
-import numpy as np
-
-from ..runtime.cache import BatchBuffers, batch_feeds
-from ..runtime.encoder import EncodedChunk, StreamingEncoder
-from .session import StreamSession
+from streamasr.runtime.batch import encode_batch
+from streamasr.runtime.cache import BatchBuffers
+from streamasr.runtime.stream import Model
+from streamasr.serve.session import StreamSession
 
 log = logging.getLogger("streamasr.serve")
 
@@ -44,54 +39,11 @@ log = logging.getLogger("streamasr.serve")
 LOAD_WINDOW_S = 5.0
 
 
-def encode_batch(backend, encoders: list[StreamingEncoder], buffers: BatchBuffers | None = None) -> list[EncodedChunk]:
-    """Run the next step of every encoder in one batched call. All must share width and first-step-ness.
-
-    Each stream's cache rings are copied once into the batch (into `buffers` when given); the graph
-    returns only the new frames, which each stream writes into its own rings."""
-    width = encoders[0].next_width()
-    inputs = [e.next_input(width) for e in encoders]
-    drop = inputs[0][1]
-    if any(e.next_width() != width for e in encoders) or any(d != drop for _, d in inputs):
-        raise ValueError("encode_batch: steps of different shapes cannot share a call")
-    mel = np.stack([m for m, _ in inputs])
-    enc, proj, k_new, v_new, conv_next = backend.encode(mel, drop, batch_feeds([e.cache for e in encoders], buffers))
-    chunks = []
-    for i, e in enumerate(encoders):
-        e.cache.update(k_new[i], v_new[i], conv_next[i])
-        # copies, so that no stream keeps the whole batch's arrays alive through a view
-        chunks.append(e.advance(width, enc[i].copy(), proj[i].copy()))
-    return chunks
-
-
-def warm_up(model, latency_ms: int, max_batch: int) -> float:
-    """Run one first and one later step at every batch size up to `max_batch`; returns the seconds taken.
-
-    ONNX Runtime's first call at a new input shape costs 30-250 ms more than the next ones (full-size int4,
-    160 ms). A server meets a new batch size every time one more stream joins a step, so without this
-    its first seconds under load run behind: 8 streams opened together saw 300-600 ms latencies for
-    about 1.5 s (then 135 ms p95). Paid once at start-up, before the server accepts streams.
-    """
-    from ..runtime.encoder import StreamingEncoder
-
-    cfg = model.config
-    mode = cfg.encoder.mode(latency_ms)
-    buffers = BatchBuffers()  # (dropped on return: the server's own grow with its batches)
-    t0 = time.perf_counter()
-    for batch in range(1, max_batch + 1):
-        encoders = [StreamingEncoder(model.backend, cfg.encoder, mode, cfg.frontend.n_mels) for _ in range(batch)]
-        for e in encoders:
-            frames = e.schedule.first_chunk + e.schedule.chunk
-            e.buffer(np.zeros((frames, cfg.frontend.n_mels), dtype=np.float32))
-        encode_batch(model.backend, encoders, buffers)  # a first step
-        encode_batch(model.backend, encoders, buffers)  # a later step
-    return time.perf_counter() - t0
-
-
 class Scheduler:
-    def __init__(self, model, max_batch: int = 32, on_step: Callable[[int, float], None] | None = None,
-                 batch_wait: float = 0.0):
+    def __init__(self, model: Model, max_batch: int = 32, on_step: Callable[[int, float], None] | None = None,
+                 batch_wait: float = 0.0, clock: Callable[[], float] = time.perf_counter):
         self.model = model
+        self.clock = clock
         self.max_batch = max(1, int(max_batch))
         if not 0.0 <= batch_wait <= 1.0:
             raise ValueError(f"batch_wait is a fraction of the chunk duration in [0, 1], got {batch_wait}")
@@ -146,7 +98,7 @@ class Scheduler:
         while True:
             with self._cv:
                 if not self._work and not self._stop:
-                    wait = 0.5 if self._deadline is None else max(0.0, self._deadline - time.perf_counter())
+                    wait = 0.5 if self._deadline is None else max(0.0, self._deadline - self.clock())
                     self._cv.wait(timeout=min(0.5, wait))
                 if self._stop:
                     return
@@ -181,10 +133,9 @@ class Scheduler:
                 continue
             for i in range(0, len(members), self.max_batch):
                 part = members[i : i + self.max_batch]
-                width = part[0].stream.encoder.next_width()
                 t1 = time.perf_counter()
                 try:
-                    chunks = encode_batch(self.model.backend, [s.stream.encoder for s in part], self.buffers)
+                    chunks = encode_batch([s.stream for s in part], self.buffers)
                 except Exception as exc:
                     log.exception("batched encoder step failed")
                     for s in part:
@@ -193,7 +144,7 @@ class Scheduler:
                 if self.on_step is not None:
                     self.on_step(len(part), time.perf_counter() - t1)
                 for s, chunk in zip(part, chunks):
-                    self._guard(s, lambda s=s, chunk=chunk: s.on_chunk(chunk, width))
+                    self._guard(s, lambda s=s, chunk=chunk: s.on_chunk(chunk))
                 did = True
         for s in sessions:
             if s.end_requested and not s.finished and not s.failed and not s.closed and not s.has_input \
@@ -241,7 +192,7 @@ class Scheduler:
         if not times:
             return False
         deadline = min(times) + self.batch_wait * latency_ms / 1000.0
-        if time.perf_counter() >= deadline:
+        if self.clock() >= deadline:
             return False
         self._deadline = deadline if self._deadline is None else min(self._deadline, deadline)
         return True

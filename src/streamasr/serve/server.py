@@ -9,7 +9,7 @@ message `{"type": "end"}`; the server answers with the last final and closes wit
 Close codes: 1000 normal end; 1007 a malformed audio frame; 1008 bad query parameters or idle timeout;
 1009 a frame over the size limit; 1011 internal error; 1013 server full (over --max-streams).
 
-The network side runs on an asyncio loop; all recognition runs on the scheduler thread (scheduler.py),
+The network side runs on an asyncio loop; all recognition runs on the scheduler thread (serve/scheduler.py),
 which batches the encoder steps of every stream. One task per connection sends its events, so a slow
 reader only delays itself.
 """
@@ -23,11 +23,18 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 
-from ..audio import pcm_to_float
-from ..errors import AudioError, StreamASRError
-from .metrics import Metrics
-from .scheduler import LOAD_WINDOW_S, Scheduler, warm_up
-from .session import EndpointConfig, StreamSession
+from aiohttp import WSMsgType, web
+
+from streamasr.audio import pcm_to_float
+from streamasr.errors import AudioError, StreamASRError
+from streamasr.runtime.batch import warm_up
+from streamasr.runtime.endpoint import EndpointConfig
+from streamasr.runtime.stream import Model
+from streamasr.runtime.vad import silero_session
+from streamasr.serve.metrics import Metrics
+from streamasr.serve.page import page_html
+from streamasr.serve.scheduler import LOAD_WINDOW_S, Scheduler
+from streamasr.serve.session import StreamSession
 
 log = logging.getLogger("streamasr.serve")
 
@@ -46,19 +53,17 @@ class ServerConfig:
     max_frame_bytes: int = 1 << 20  # one binary frame at most (1 MiB = 32 s of s16le)
     max_backlog_s: float = 60.0  # audio waiting to be processed per stream before it is refused
     max_batch: int = 32
-    batch_wait: float = 0.25  # fraction of a chunk a batch may wait for more streams (scheduler.py)
-    warmup_batches: int = 8  # batch sizes warmed up at start-up (scheduler.warm_up)
+    batch_wait: float = 0.25  # fraction of a chunk a batch may wait for more streams (serve/scheduler.py)
+    warmup_batches: int = 8  # batch sizes warmed up at start-up (runtime.batch.warm_up)
     warmup_latency_ms: tuple[int, ...] = ()  # latency modes warmed up; empty: the model's default mode
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
 
 
 class Server:
-    def __init__(self, model, config: ServerConfig | None = None):
+    def __init__(self, model: Model, config: ServerConfig | None = None):
         self.model = model
         self.config = config or ServerConfig()
         if self.config.endpoint.vad is not None:
-            from .vad import silero_session
-
             silero_session()  # a missing silero-vad package fails here, once, not on every stream
         self.metrics = Metrics()
         self.scheduler = Scheduler(model, self.config.max_batch, on_step=self.metrics.observe_step,
@@ -67,8 +72,6 @@ class Server:
 
     # ---------------------------------------------------------------- app
     def app(self):
-        from aiohttp import web
-
         app = web.Application()
         app.router.add_get("/v1/stream", self.handle_stream)
         app.router.add_get("/health", self.handle_health)
@@ -86,8 +89,6 @@ class Server:
 
     # ---------------------------------------------------------------- plain HTTP
     async def handle_health(self, request):
-        from aiohttp import web
-
         return web.json_response({
             "status": "ok", "model": self.model.config.model_id, "sample_rate": self.model.sample_rate,
             "latency_modes": self.model.latency_modes, "active_streams": self.active,
@@ -95,18 +96,12 @@ class Server:
         })
 
     async def handle_metrics(self, request):
-        from aiohttp import web
-
         body = self.metrics.render(self.active, self.scheduler.audio_samples / self.model.sample_rate,
                                    self.scheduler.busy_s, self.scheduler.load())
         return web.Response(text=body, content_type="text/plain", charset="utf-8",
                             headers={"X-Prometheus-Format": "0.0.4"})
 
     async def handle_index(self, request):
-        from aiohttp import web
-
-        from .page import page_html
-
         return web.Response(text=page_html(self.model.latency_modes, self.model.config.encoder.default_latency_ms),
                             content_type="text/html", charset="utf-8")
 
@@ -133,8 +128,6 @@ class Server:
         if vad not in ("silero", "off"):
             raise StreamASRError(f"unknown vad={vad!r}; use vad=silero or vad=off")
         if vad == "silero":
-            from .vad import silero_session
-
             silero_session()  # StreamASRError when the package is missing
         return replace(self.config.endpoint, vad=None if vad == "off" else vad)
 
@@ -146,8 +139,6 @@ class Server:
             pass
 
     async def handle_stream(self, request):
-        from aiohttp import web
-
         ws = web.WebSocketResponse(max_msg_size=self.config.max_frame_bytes)
         await ws.prepare(request)
         try:
@@ -163,7 +154,8 @@ class Server:
                                CLOSE_TRY_LATER)
             return ws
         projected = self.scheduler.projected_load(self.active)
-        if self.config.max_load < 1.0 and projected > self.config.max_load:
+        # an idle server always admits: the window may still hold the load of streams that have left
+        if self.config.max_load < 1.0 and self.active > 0 and projected > self.config.max_load:
             # past this point every stream falls behind together (the scheduler is fair), so a new stream
             # is refused rather than making all the open ones late
             self.metrics.count("streams_rejected")
@@ -208,7 +200,6 @@ class Server:
             return
 
     async def _receive_loop(self, ws, session: StreamSession, encoding: str, sender: asyncio.Task) -> None:
-        from aiohttp import WSMsgType
 
         cfg = self.config
         max_backlog = int(cfg.max_backlog_s * self.model.sample_rate)
@@ -289,8 +280,6 @@ class ServerThread:
         return self.port
 
     def _main(self) -> None:
-        from aiohttp import web
-
         loop = asyncio.new_event_loop()
         self._loop = loop
         asyncio.set_event_loop(loop)
@@ -324,8 +313,6 @@ class ServerThread:
 
 def run_server(model, config: ServerConfig) -> None:
     """Serve until interrupted (the `streamasr serve` command)."""
-    from aiohttp import web
-
     server = Server(model, config)
     batches = min(config.warmup_batches, config.max_batch, config.max_streams)
     modes = config.warmup_latency_ms or (model.config.encoder.default_latency_ms,)

@@ -1,1 +1,0 @@
-"""Benchmarks: speed (`streamasr bench speed`) and fidelity of quantized models (`streamasr bench fidelity`)."""

@@ -1,0 +1,84 @@
+"""Rewriting a converted directory's encoder graph in place, shared by quantization and fusion.
+
+Both hand the graph to one of ONNX Runtime's tools (the quantizers, the transformers optimizer), which log
+per node and draw progress on stdout, and both replace `encoder.onnx` (and its external data) of a model
+directory: the new graph is written into a temporary folder inside the directory and then moved over the
+old files, so an interrupted run leaves the old graph.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from streamasr.model_config import EXTERNAL_DATA_THRESHOLD
+
+
+def save_encoder(model, directory: Path, filename: str) -> None:
+    """Save `model` as directory/filename, with its weights in filename.data when the graph is large."""
+    import onnx
+
+    size = sum(t.ByteSize() for t in model.graph.initializer)
+    if size > EXTERNAL_DATA_THRESHOLD:
+        onnx.save_model(model, str(directory / filename), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=filename + ".data", size_threshold=1024)
+    else:
+        onnx.save_model(model, str(directory / filename))
+
+
+def replace_encoder(model_dir: Path, filename: str, model, prefix: str) -> None:
+    """Write `model` over model_dir/filename (and its .data, removed when the new graph has none)."""
+    model_dir = Path(model_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=model_dir))
+    try:
+        save_encoder(model, tmp, filename)
+        data = filename + ".data"
+        if (tmp / data).exists():
+            os.replace(tmp / data, model_dir / data)
+        else:
+            (model_dir / data).unlink(missing_ok=True)
+        os.replace(tmp / filename, model_dir / filename)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def quiet_tools(names: tuple[str, ...], prefixes: tuple[str, ...] = (), imports: tuple[str, ...] = ()) -> Iterator[None]:
+    """Silence ONNX Runtime's tools below ERROR and swallow their stdout; restore everything afterwards.
+
+    `names`: loggers to quiet ("" is the root); `prefixes`: also every existing logger under these;
+    `imports`: modules to import first, inside the guard, because some call logging.basicConfig(level=INFO)
+    at import time (onnxruntime's matmul_nbits_quantizer does): the root's level and handlers are restored.
+    """
+    root = logging.getLogger()
+    root_level, root_handlers = root.level, list(root.handlers)
+    for module in imports:
+        importlib.import_module(module)
+    loggers = [logging.getLogger(n) for n in names]
+    if prefixes:
+        loggers += [logging.getLogger(n) for n in list(logging.root.manager.loggerDict) if n.startswith(prefixes)]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+        root.setLevel(root_level)
+        root.handlers[:] = root_handlers
+
+
+def constant_weight_matmuls(model) -> list[str]:
+    """Names of the MatMul nodes whose second input is a constant 2-D initializer (the quantizable ones)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    return [n.name for n in model.graph.node
+            if n.op_type == "MatMul" and n.input[1] in inits and len(inits[n.input[1]].dims) == 2]
