@@ -77,9 +77,8 @@ def cache_shapes(enc: EncoderConfig, batch: int = 1) -> dict[str, tuple[int, ...
     projected keys or values (the graph takes one input per layer), `conv_cache` all layers' conv states.
 
     Keys and values are kept per head as (B, heads, left, d_k), the layout the attention MatMuls read, in
-    ring order: a step reads them in place and only its new frames are written (model format 3; format 2
-    stacked the layers and shifted the caches, format 1 had (B, layers, left, d_model); both are refused
-    on load).
+    ring order: a step reads them in place and only its new frames are written (model format 3; directories
+    of older formats are refused on load with a message to re-convert).
     """
     dk = enc.d_model // enc.n_heads
     return {

@@ -16,13 +16,12 @@ graph is shaped for inference rather than training:
   them in place and returns only its T new keys and values; the caller writes those over the oldest slots
   (from `cache_start`, wrapping). Softmax does not care in which order keys come, so only the two
   order-dependent terms follow the ring: the relative-position scores are permuted per stream with one
-  GatherElements, and the mask is computed from each slot's age. Before (model format 2) a step shifted
-  all 24 layers' caches (14 MB per stream) inside the graph, gathered each layer's slice out of one stacked
-  input, and the host copied the whole caches back: 30% of a batched step at 160 ms.
+  GatherElements, and the mask is computed from each slot's age. Nothing cached is shifted or copied in
+  the graph, and a stream stepped alone is fed its own arrays.
 * Every shape and index a layer needs (head split, the relative shift's two reshapes, the slices of the
   position table, the depthwise conv's views) is computed once per step as a tensor and shared by all
-  layers (`StepShapes`). Computed per layer, as the exporter writes `x.reshape(b, t, ...)`, this shape
-  plumbing was about a third of the graph's nodes, each a kernel call on a few int64s.
+  layers (`StepShapes`): computed per layer, as the exporter writes `x.reshape(b, t, ...)`, this shape
+  plumbing would be a large share of the graph's nodes, each a kernel call on a few int64s.
 * The relative-position projection `linear_pos(pe(r))` depends only on the relative offset r, so it is
   precomputed for every r a step can use, and a step selects the rows of its offsets.
 * The 1/sqrt(d_k) attention scale is folded into W_q and the position biases, the feed-forward 0.5 into
@@ -238,7 +237,7 @@ class Convolution(nn.Module):
         g = torch.cat([conv_cache, g], dim=1)  # (B, K-1+T, D)
         # The causal depthwise conv over T new frames, as sum_k taps[k] * g[t + k]: one Gather of the K views,
         # a Mul and a ReduceSum. ONNX Runtime runs a grouped Conv as one tiny GEMM per channel (1024 of them
-        # per stream), which cost 2 ms per stream-step of a batched 160 ms step for a few thousand MACs.
+        # per stream), far more call overhead than arithmetic for a few thousand MACs.
         y = (g[:, index] * self.dw_taps).sum(dim=2)  # (B, T, K, D) -> (B, T, D)
         if self.dw_b is not None:
             y = y + self.dw_b

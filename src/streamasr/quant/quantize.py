@@ -44,11 +44,8 @@ from streamasr.speech import read_speech
 
 BLOCK_SIZES = (16, 32, 64, 128)
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)
-#: `int8` is an alias of the faster int8 form. Measured here (2 threads, Zen 4, ORT 1.32) on a stack of 8
-#: Nemotron-sized feed-forward MatMuls (1024x4096, 4096x1024), median ms for T rows (T = new encoder frames per
-#: chunk: 2 at 160 ms, 7 at 560 ms): T=7: dynamic 13.2, MatMulNBits-8 b32 13.6, b128 13.1; T=14: dynamic 13.8,
-#: b32 25.6, b128 16.2; T=70: dynamic 38, b32 91, b128 70 (fp32 39 / 63 / 148). MatMulInteger's int8 GEMM
-#: (VNNI) wins or ties at every size, MatMulNBits bits=8 is never faster, so `int8` means int8-dynamic.
+#: `int8` is an alias of the faster int8 form: MatMulInteger's int8 GEMM (VNNI) wins or ties MatMulNBits bits=8
+#: at every row count a streaming step has (docs/benchmarks.md, "int8 forms"), so `int8` means int8-dynamic.
 INT8_DEFAULT = "int8-dynamic"
 FP16_NOTE = ("fp16 is not offered: ONNX Runtime's CPU provider has no x86 fp16 GEMM, so fp16 MatMuls run "
              "through Cast nodes around fp32 kernels (slower than fp32)")
@@ -72,9 +69,9 @@ METHODS: dict[str, _Method] = {
 }
 #: default share of the encoder's weight elements that int4-mixed keeps at higher precision
 MIXED_BUDGET = 0.1
-#: what int4-mixed keeps its most sensitive groups at. `int8` = int8-dynamic, the default: on the full-size
-#: model at 2 threads int8-nbits (MatMulNBits bits=8 with fp32 activations, accuracy_level 1) made the whole
-#: encoder 1.7-2.4x slower for the same fidelity (no fast kernel for 8-bit weights with fp32 arithmetic).
+#: what int4-mixed keeps its most sensitive groups at. `int8` = int8-dynamic, the default: int8-nbits
+#: (MatMulNBits bits=8 with fp32 activations, accuracy_level 1) has no fast kernel for 8-bit weights with fp32
+#: arithmetic, so it is slower for the same fidelity (docs/benchmarks.md).
 MIXED_KEPT = ("int8", "int8-dynamic", "int8-nbits", "fp32")
 _KEPT_INT8_ACCURACY = 1
 #: audio seconds the analysis behind int4-mixed streams when it is not given a sensitivity table

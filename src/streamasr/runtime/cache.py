@@ -3,9 +3,7 @@
 The encoder step (model format 3) reads each layer's attention cache where it lies and returns only the
 step's new keys and values; this module owns the rest of the bookkeeping: writing those frames over the
 oldest slots, the ring's start and fill level, and, for a batched step, one copy of each stream's rings
-into a batch buffer. Before, a step shifted every layer's 70 cached frames inside the graph, and a batched
-step also copied the caches into and back out of the batch: four copies of 14 MB per stream and step at
-full size, where now there is one (none for a stream stepped alone).
+into a batch buffer: one copy per stream and batched step, none for a stream stepped alone.
 """
 
 from __future__ import annotations
@@ -90,7 +88,8 @@ class EncoderCache:
 class BatchBuffers:
     """Reusable arrays for batched cache inputs.
 
-    Gathering into fresh arrays cost every batched step an allocation and page faults of 14 MB per stream.
+    Gathering into fresh arrays would cost every batched step an allocation and page faults for each
+    stream's caches (tens of MB per stream at full size).
     The buffers grow to the largest batch seen and are dropped when the server has no streams, so that
     memory returns to its idle level.
     """
