@@ -209,7 +209,7 @@ def cmd_bench_serve(args) -> int:
             p50, p95, p99 = (np.percentile(lat, [50, 95, 99]) * 1000) if lat else (float("nan"),) * 3
             row = {"streams": n, "p50_ms": round(p50, 1), "p95_ms": round(p95, 1), "p99_ms": round(p99, 1),
                    "rtfx": round(audio / busy, 1) if busy else None, "cpu_percent": round(100 * (cpu1 - cpu0) / wall),
-                   "clients_cpu_percent": round(100 * clients_cpu / wall),
+                   "clients_cpu_percent": round(100 * clients_cpu / wall, 1),
                    "encoder_share": round(enc_s / busy, 3) if busy else None,  # of the scheduler's compute
                    "compute_share": round(busy / wall, 3),  # scheduler busy time / wall time
                    "peak_rss_mb": round(peak / 1e6), "mean_batch": round(batched / steps, 2) if steps else None,

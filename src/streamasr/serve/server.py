@@ -6,8 +6,14 @@ sends binary frames of little-endian PCM (any number of whole samples per frame)
 messages: `partial`, `final` (at each endpoint and once at the end) and `error`. It ends with the text
 message `{"type": "end"}`; the server answers with the last final and closes with code 1000.
 
-Close codes: 1000 normal end; 1007 a malformed audio frame; 1008 bad query parameters or idle timeout;
-1009 a frame over the size limit; 1011 internal error; 1013 server full (over --max-streams).
+Close codes: 1000 normal end; 1001 the server is shutting down; 1007 a malformed audio frame; 1008 bad query
+parameters or idle timeout; 1009 a frame over the size limit; 1011 internal error; 1013 server full or at
+capacity. Every close the server initiates once audio has arrived (idle timeout, shutdown, an over-size
+frame) first flushes the stream: its last final is sent before the close.
+
+Flow control: a client may run at most `max_backlog_s` of audio ahead of recognition; beyond that the
+server stops reading its socket until recognition catches up, so TCP paces a client that sends faster than
+real time (a file sent with `client --fast`) instead of the stream being refused.
 
 The network side runs on an asyncio loop; all recognition runs on the scheduler thread (serve/scheduler.py),
 which batches the encoder steps of every stream. One task per connection sends its events, so a slow
@@ -39,7 +45,10 @@ from streamasr.serve.session import StreamSession
 log = logging.getLogger("streamasr.serve")
 
 ENCODINGS = {"pcm_s16le": "s16le", "s16le": "s16le", "pcm_f32le": "f32le", "f32le": "f32le"}
-CLOSE_NORMAL, CLOSE_BAD_DATA, CLOSE_POLICY, CLOSE_INTERNAL, CLOSE_TRY_LATER = 1000, 1007, 1008, 1011, 1013
+CLOSE_NORMAL, CLOSE_GOING_AWAY, CLOSE_BAD_DATA, CLOSE_POLICY = 1000, 1001, 1007, 1008
+CLOSE_TOO_BIG, CLOSE_INTERNAL, CLOSE_TRY_LATER = 1009, 1011, 1013
+#: aiohttp drops a frame this many times over --max-frame-bytes itself, unread and without a flush (memory bound)
+HARD_FRAME_FACTOR = 4
 _DONE = {"type": "_done"}
 
 
@@ -51,7 +60,8 @@ class ServerConfig:
     max_load: float = 0.8  # refuse a new stream that would make the scheduler busier than this (1: off)
     idle_timeout_s: float = 30.0  # a stream that sends nothing this long is closed
     max_frame_bytes: int = 1 << 20  # one binary frame at most (1 MiB = 32 s of s16le)
-    max_backlog_s: float = 60.0  # audio waiting to be processed per stream before it is refused
+    max_backlog_s: float = 10.0  # audio a client may run ahead of recognition before its socket is not read
+    shutdown_timeout_s: float = 5.0  # on shutdown, how long open streams get to flush their last final
     max_batch: int = 32
     batch_wait: float = 0.25  # fraction of a chunk a batch may wait for more streams (serve/scheduler.py)
     warmup_batches: int = 8  # batch sizes warmed up at start-up (runtime.batch.warm_up)
@@ -69,6 +79,8 @@ class Server:
         self.scheduler = Scheduler(model, self.config.max_batch, on_step=self.metrics.observe_step,
                                    batch_wait=self.config.batch_wait)
         self.active = 0
+        self.accepting = True
+        self._open: dict[int, _OpenStream] = {}
 
     # ---------------------------------------------------------------- app
     def app(self):
@@ -78,13 +90,26 @@ class Server:
         app.router.add_get("/metrics", self.handle_metrics)
         app.router.add_get("/", self.handle_index)
         app.on_startup.append(self._on_startup)
+        app.on_shutdown.append(self._on_shutdown)
         app.on_cleanup.append(self._on_cleanup)
         return app
 
     async def _on_startup(self, app) -> None:
         self.scheduler.start()
 
-    async def _on_cleanup(self, app) -> None:
+    async def _on_shutdown(self, app) -> None:
+        """SIGTERM / Ctrl+C (or ServerThread.stop): refuse new streams, flush every open stream to its last
+        final and close it with 1001, waiting at most `shutdown_timeout_s`."""
+        self.accepting = False
+        open_streams = list(self._open.values())
+        for o in open_streams:
+            o.close_with(CLOSE_GOING_AWAY, "the server is shutting down")
+        self.scheduler.wake()
+        senders = [o.sender for o in open_streams if not o.sender.done()]
+        if senders:
+            await asyncio.wait(senders, timeout=self.config.shutdown_timeout_s)
+
+    async def _on_cleanup(self, app: web.Application) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.scheduler.stop)
 
     # ---------------------------------------------------------------- plain HTTP
@@ -138,8 +163,10 @@ class Server:
         except (ConnectionError, RuntimeError):
             pass
 
-    async def handle_stream(self, request):
-        ws = web.WebSocketResponse(max_msg_size=self.config.max_frame_bytes)
+    async def handle_stream(self, request: web.Request) -> web.WebSocketResponse:
+        # aiohttp itself drops a frame past the hard bound, unread; between our limit and it, the stream is
+        # flushed and closed with a message (see _receive_loop)
+        ws = web.WebSocketResponse(max_msg_size=HARD_FRAME_FACTOR * self.config.max_frame_bytes + 1)
         await ws.prepare(request)
         try:
             latency, encoding = self.parse_params(request.query)
@@ -148,21 +175,10 @@ class Server:
             self.metrics.count("streams_rejected")
             await self._refuse(ws, str(exc), CLOSE_POLICY)
             return ws
-        if self.active >= self.config.max_streams:
+        refusal = self._admission()
+        if refusal is not None:
             self.metrics.count("streams_rejected")
-            await self._refuse(ws, f"server is full ({self.config.max_streams} streams); try again later",
-                               CLOSE_TRY_LATER)
-            return ws
-        projected = self.scheduler.projected_load(self.active)
-        # an idle server always admits: the window may still hold the load of streams that have left
-        if self.config.max_load < 1.0 and self.active > 0 and projected > self.config.max_load:
-            # past this point every stream falls behind together (the scheduler is fair), so a new stream
-            # is refused rather than making all the open ones late
-            self.metrics.count("streams_rejected")
-            await self._refuse(ws, f"server is at capacity: its scheduler was {100 * self.scheduler.load():.0f}% "
-                               f"busy over the last {LOAD_WINDOW_S:g} s with {self.active} streams, about "
-                               f"{100 * projected:.0f}% with one more (--max-load {self.config.max_load:g}); "
-                               "try again later", CLOSE_TRY_LATER)
+            await self._refuse(ws, refusal, CLOSE_GOING_AWAY if not self.accepting else CLOSE_TRY_LATER)
             return ws
         self.active += 1
         self.metrics.count("streams_total")
@@ -173,23 +189,44 @@ class Server:
                                 on_latency=self.metrics.observe_latency,
                                 on_done=lambda: loop.call_soon_threadsafe(queue.put_nowait, _DONE))
         session.every_chunk = request.query.get("every_chunk", "0") in ("1", "true")
+        opened = _OpenStream(session, ws)
+        opened.sender = asyncio.create_task(self._send_loop(ws, queue, opened))
+        self._open[session.id] = opened
         self.scheduler.add(session)
-        sender = asyncio.create_task(self._send_loop(ws, queue))
         try:
-            await self._receive_loop(ws, session, encoding, sender)
+            await self._receive_loop(ws, opened, encoding)
         finally:
+            self._open.pop(session.id, None)
             self.scheduler.remove(session)
-            if not sender.done():
-                sender.cancel()
+            if not opened.sender.done():
+                opened.sender.cancel()
             self.active -= 1
         return ws
 
-    async def _send_loop(self, ws, queue: asyncio.Queue) -> None:
+    def _admission(self) -> str | None:
+        """Why a new stream is refused now, or None to admit it."""
+        if not self.accepting:
+            return "the server is shutting down"
+        if self.active >= self.config.max_streams:
+            return f"server is full ({self.config.max_streams} streams); try again later"
+        projected = self.scheduler.projected_load(self.active)
+        # an idle server always admits: the window may still hold the load of streams that have left
+        if self.config.max_load < 1.0 and self.active > 0 and projected > self.config.max_load:
+            # past this point every stream falls behind together (the scheduler is fair), so a new stream
+            # is refused rather than making all the open ones late
+            return (f"server is at capacity: its scheduler was {100 * self.scheduler.load():.0f}% busy over the "
+                    f"last {LOAD_WINDOW_S:g} s with {self.active} streams, about {100 * projected:.0f}% with one "
+                    f"more (--max-load {self.config.max_load:g}); try again later")
+        return None
+
+    async def _send_loop(self, ws: web.WebSocketResponse, queue: asyncio.Queue, opened: "_OpenStream") -> None:
         try:
             while True:
                 event = await queue.get()
                 if event is _DONE:
-                    await ws.close(code=CLOSE_NORMAL)
+                    if opened.close_message:
+                        await ws.send_json({"type": "error", "message": opened.close_message})
+                    await ws.close(code=opened.close_code, message=opened.close_message[:120].encode())
                     return
                 fatal = event.pop("fatal", False)
                 await ws.send_json(event)
@@ -199,36 +236,40 @@ class Server:
         except (ConnectionError, RuntimeError, asyncio.CancelledError):
             return
 
-    async def _receive_loop(self, ws, session: StreamSession, encoding: str, sender: asyncio.Task) -> None:
-
+    async def _receive_loop(self, ws: web.WebSocketResponse, opened: "_OpenStream", encoding: str) -> None:
         cfg = self.config
+        session, sender = opened.session, opened.sender
         max_backlog = int(cfg.max_backlog_s * self.model.sample_rate)
         while True:
+            # flow control: while the client is too far ahead of recognition its socket is not read
+            while session.unprocessed_samples() > max_backlog and not sender.done():
+                await asyncio.sleep(0.01)
             receive = asyncio.ensure_future(ws.receive())
             done, _ = await asyncio.wait({receive, sender}, timeout=cfg.idle_timeout_s,
                                          return_when=asyncio.FIRST_COMPLETED)
-            if sender in done:  # the server closed the stream (fatal error)
+            if sender in done:  # the server closed the stream (end, shutdown, fatal error)
                 receive.cancel()
                 return
             if not done:
                 receive.cancel()
                 self.metrics.count("client_errors")
-                await self._refuse(ws, f"no data for {cfg.idle_timeout_s:g} s; closing the stream", CLOSE_POLICY)
+                await self._flush_and_close(opened, CLOSE_POLICY, f"no data for {cfg.idle_timeout_s:g} s; closing "
+                                            "the stream")
                 return
             msg = receive.result()
             if msg.type == WSMsgType.BINARY:
                 if session.end_requested:
                     continue  # audio after "end" is ignored
+                if len(msg.data) > cfg.max_frame_bytes:
+                    self.metrics.count("client_errors")
+                    await self._flush_and_close(opened, CLOSE_TOO_BIG, f"a frame of {len(msg.data)} bytes is over "
+                                                f"the limit of {cfg.max_frame_bytes}; send smaller frames")
+                    return
                 try:
                     samples = pcm_to_float(msg.data, encoding)
                 except AudioError as exc:
                     self.metrics.count("client_errors")
                     await self._refuse(ws, f"malformed audio frame: {exc}", CLOSE_BAD_DATA)
-                    return
-                if session.backlog_samples() + samples.size > max_backlog:
-                    self.metrics.count("client_errors")
-                    await self._refuse(ws, f"more than {cfg.max_backlog_s:g} s of audio is waiting to be "
-                                           "processed; send audio at most at real-time pace", CLOSE_TRY_LATER)
                     return
                 if samples.size:
                     session.feed(samples, time.perf_counter())
@@ -240,22 +281,43 @@ class Server:
                 except ValueError:
                     kind = None
                 if kind == "end":
-                    session.request_end()
-                    self.scheduler.wake()
-                    try:
-                        await asyncio.wait_for(asyncio.shield(sender), timeout=max(cfg.idle_timeout_s, 30.0))
-                    except asyncio.TimeoutError:
-                        await self._refuse(ws, "timed out finishing the stream", CLOSE_INTERNAL)
+                    await self._flush_and_close(opened, CLOSE_NORMAL, "")
                     return
                 await ws.send_json({"type": "error", "message": "unknown text message; the only control message "
                                     'is {"type": "end"}; send audio as binary frames'})
             elif msg.type == WSMsgType.ERROR:
                 self.metrics.count("client_errors")
-                exc = ws.exception()
+                exc = ws.exception() or msg.data
                 await self._refuse(ws, f"bad WebSocket frame: {exc}", CLOSE_BAD_DATA)
                 return
             else:  # CLOSE / CLOSING / CLOSED: the client went away; its state is dropped
                 return
+
+    async def _flush_and_close(self, opened: "_OpenStream", code: int, message: str) -> None:
+        """End the stream as if the client had sent `end` (its last final is sent), then close with `code`."""
+        opened.close_with(code, message)
+        self.scheduler.wake()
+        try:
+            await asyncio.wait_for(asyncio.shield(opened.sender), timeout=max(self.config.idle_timeout_s, 30.0))
+        except asyncio.TimeoutError:
+            await self._refuse(opened.ws, "timed out finishing the stream", CLOSE_INTERNAL)
+
+
+class _OpenStream:
+    """A stream being served: its session, the task sending its events, and how it is to be closed."""
+
+    def __init__(self, session: StreamSession, ws: web.WebSocketResponse):
+        self.session = session
+        self.ws = ws
+        self.sender: asyncio.Task
+        self.close_code = CLOSE_NORMAL
+        self.close_message = ""
+
+    def close_with(self, code: int, message: str) -> None:
+        """Finish the stream (the scheduler flushes it and emits the last final), then close with `code`."""
+        if not self.session.end_requested:
+            self.close_code, self.close_message = code, message
+        self.session.request_end()
 
 
 class ServerThread:
@@ -311,8 +373,9 @@ class ServerThread:
         self.stop()
 
 
-def run_server(model, config: ServerConfig) -> None:
-    """Serve until interrupted (the `streamasr serve` command)."""
+def run_server(model: Model, config: ServerConfig) -> None:
+    """Serve until SIGTERM or Ctrl+C (the `streamasr serve` command); then open streams get their last final
+    and a 1001 close, within `shutdown_timeout_s`."""
     server = Server(model, config)
     batches = min(config.warmup_batches, config.max_batch, config.max_streams)
     modes = config.warmup_latency_ms or (model.config.encoder.default_latency_ms,)
@@ -321,5 +384,6 @@ def run_server(model, config: ServerConfig) -> None:
         print(f"streamasr serve: warmed up batches of 1-{batches} streams at {', '.join(map(str, modes))} ms "
               f"in {took:.1f} s", flush=True)
     web.run_app(server.app(), host=config.host, port=config.port, access_log=None,
+                shutdown_timeout=config.shutdown_timeout_s + 1.0,
                 print=lambda msg: print(f"streamasr serve: {msg} (model {model.config.model_id}, "
                                         f"max {config.max_streams} streams)", flush=True))
