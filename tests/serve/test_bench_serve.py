@@ -48,3 +48,20 @@ def test_bench_serve_counts_the_clients_the_server_refused(tiny_model_dir, tmp_p
     assert row["refused"] == 2 and row["errors"] == 0
     assert 10 <= row["chunks"] <= 14  # the one admitted stream's 2 s, every chunk answered
     assert main(["bench", "serve", "--model", str(tiny_model_dir), "--max-load", "0"]) == 2
+
+
+def test_bench_soak_keeps_finals_coming_with_flat_memory(tiny_model_dir, tmp_path, capsys):
+    """The short version of the hour-long soak (docs/benchmarks.md): 24 s of looped speech on one stream."""
+    out = tmp_path / "soak.json"
+    rc = main(["bench", "soak", "--model", str(tiny_model_dir), "--duration", "24", "--window", "8",
+               "--latency", "160", "--threads", "1", "--json", str(out)])
+    assert rc == 0
+    assert "last window against the first" in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    windows = data["windows"]
+    assert len(windows) == 3
+    for w in windows:
+        assert w["errors"] == 0 and w["finals"] > 0, w
+        assert 40 <= w["chunks"] <= 52  # 8 s at 160 ms: 50 chunks, each answered with a timed partial
+    assert windows[-1]["rss_mb"] - windows[0]["rss_mb"] < 20
+    assert windows[-1]["p50_ms"] < 3 * windows[0]["p50_ms"] + 50

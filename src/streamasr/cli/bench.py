@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from streamasr.eval import fidelity, fusion, serve_load, speed, wer
+from streamasr.eval import fidelity, fusion, serve_load, soak, speed, wer
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
-    for module in (serve_load, wer, speed, fidelity, fusion):
+    for module in (serve_load, soak, wer, speed, fidelity, fusion):
         module.add_parser(bench_sub)

@@ -15,6 +15,7 @@ server refused (close 1013) as it filled up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +63,43 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def server_process(model: str | Path, serve_args: list[str]) -> Iterator[tuple[subprocess.Popen, int]]:
+    """`streamasr serve` on a free local port as its own process (so that its CPU and memory are its own),
+    once /health answers: (process, port); terminated on exit."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "streamasr", "serve", "--model", str(model), "--port", str(port), "--allow-random",
+           "--idle-timeout-s", "120", *serve_args]
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        for _ in range(600):
+            if server.poll() is not None:
+                raise StreamASRError(f"the server exited: {server.stderr.read().decode()[-500:]}")
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
+                break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            raise StreamASRError("the server did not come up")
+        yield server, port
+    finally:
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def current_rss_bytes(pid: int) -> int:
+    """A process's resident set size now (Linux /proc)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 def _proc_stats(pid: int) -> tuple[float, int]:
@@ -158,28 +197,14 @@ def cmd_bench_serve(args) -> int:
     cfg.encoder.mode(args.latency)
     rate = cfg.frontend.sample_rate
     speech = _speech(args.speech_dir)
-    port = _free_port()
     # --max-load 1 by default: no admission by load, so that every N is served and the table shows its cost
-    cmd = [sys.executable, "-m", "streamasr", "serve", "--model", str(args.model), "--port", str(port),
-           "--max-streams", str(max(counts)), "--max-load", f"{args.max_load:g}", "--max-batch", str(args.max_batch),
-           "--batch-wait", str(args.batch_wait), "--warmup-latency", str(args.latency), "--allow-random",
-           "--idle-timeout-s", "120"]
+    serve_args = ["--max-streams", str(max(counts)), "--max-load", f"{args.max_load:g}", "--max-batch",
+                  str(args.max_batch), "--batch-wait", str(args.batch_wait), "--warmup-latency", str(args.latency)]
     if args.threads:
-        cmd += ["--threads", str(args.threads)]
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
+        serve_args += ["--threads", str(args.threads)]
     rows = []
-    try:
-        for _ in range(600):
-            if server.poll() is not None:
-                raise StreamASRError(f"the server exited: {server.stderr.read().decode()[-500:]}")
-            try:
-                urllib.request.urlopen(base + "/health", timeout=1).read()
-                break
-            except OSError:
-                time.sleep(0.2)
-        else:
-            raise StreamASRError("the server did not come up")
+    with server_process(args.model, serve_args) as (server, port):
+        base = f"http://127.0.0.1:{port}"
         print(f"model {cfg.model_id} ({cfg.quantization.get('method')}), latency {args.latency} ms, "
               f"{args.duration:g} s of audio per stream, {os.cpu_count()} cores, batch wait {args.batch_wait:g} "
               f"of a chunk, max load {args.max_load:g}"
@@ -228,10 +253,4 @@ def cmd_bench_serve(args) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps({"model": cfg.model_id, "latency_ms": args.latency,
                                                    "rows": rows}, indent=2))
-    finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
     return 0
