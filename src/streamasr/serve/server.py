@@ -159,7 +159,7 @@ class Server:
     async def _refuse(self, ws, message: str, code: int) -> None:
         try:
             await ws.send_json({"type": "error", "message": message})
-            await ws.close(code=code, message=message[:120].encode())
+            await ws.close(code=code, message=_close_reason(message))
         except (ConnectionError, RuntimeError):
             pass
 
@@ -226,7 +226,7 @@ class Server:
                 if event is _DONE:
                     if opened.close_message:
                         await ws.send_json({"type": "error", "message": opened.close_message})
-                    await ws.close(code=opened.close_code, message=opened.close_message[:120].encode())
+                    await ws.close(code=opened.close_code, message=_close_reason(opened.close_message))
                     return
                 fatal = event.pop("fatal", False)
                 await ws.send_json(event)
@@ -278,7 +278,7 @@ class Server:
                 try:
                     control = json.loads(msg.data)
                     kind = control.get("type") if isinstance(control, dict) else None
-                except ValueError:
+                except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
                     kind = None
                 if kind == "end":
                     await self._flush_and_close(opened, CLOSE_NORMAL, "")
@@ -301,6 +301,12 @@ class Server:
             await asyncio.wait_for(asyncio.shield(opened.sender), timeout=max(self.config.idle_timeout_s, 30.0))
         except asyncio.TimeoutError:
             await self._refuse(opened.ws, "timed out finishing the stream", CLOSE_INTERNAL)
+
+
+def _close_reason(message: str) -> bytes:
+    """A close frame's reason: at most 123 bytes of UTF-8 (a control frame carries 125 with the code),
+    cut at a character boundary. The full message goes out as an error event before it."""
+    return message.encode()[:123].decode("utf-8", "ignore").encode()
 
 
 class _OpenStream:
