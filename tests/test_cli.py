@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -177,3 +179,90 @@ def test_stream_resample_is_continuous_across_blocks(speech):
     assert abs(streamed.size - whole.size) <= 1
     n = min(streamed.size, whole.size)
     assert np.abs(streamed[:n] - whole[:n]).max() < 1e-3
+
+
+def test_convert_refuses_bad_sources_and_outputs_before_any_work(tiny_model, tiny_model_dir, tmp_path):
+    nemo_path = str(tiny_model[0])
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a checkpoint\n")
+    out = str(tmp_path / "out")
+    assert_user_error(run_cli("convert", str(notes), "-o", out), str(notes), "not a .nemo file")
+    assert_user_error(run_cli("convert", str(tmp_path), "-o", out), str(tmp_path), "is a directory, not a .nemo file")
+    assert_user_error(run_cli("convert", str(tiny_model_dir), "-o", out), "already a converted streamasr model")
+    assert_user_error(run_cli("convert", nemo_path, "-o", str(notes)), str(notes), "is an existing file")
+    assert_user_error(run_cli("convert", "--random", "tiny-z", "-o", out), "unknown architecture 'tiny-z'")
+    assert_user_error(run_cli("convert", nemo_path, "-o", out, "--quant", "int4-rtn", "--block-size", "48"),
+                      "block size 48")
+    assert not Path(out).exists() and notes.read_text() == "not a checkpoint\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_interrupted_quantization_leaves_no_model_at_the_output(tiny_model, tmp_path, monkeypatch):
+    from streamasr.cli import convert as convert_cli
+    from streamasr.cli import main
+
+    out = tmp_path / "model"
+    seen = []
+
+    def killed_quantization(work, method, **options):
+        seen.append((Path(work) != out, out.exists()))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(convert_cli, "quantize_model_dir", killed_quantization)
+    assert main(["convert", str(tiny_model[0]), "-o", str(out), "--quant", "int8-dynamic"]) == 130
+    assert seen == [(True, False)], "quantization must run before the model appears at the output path"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_random_build_shows_progress_on_stderr(tiny_model, tmp_path, monkeypatch, capsys):
+    from streamasr import model_store
+    from streamasr.cli import main
+
+    def fake_build(name, path, progress=None, **kwargs):  # the real one takes a minute; see test_model_store
+        for step in ("training tokenizer", "tuning blank bias (1/14)", "writing .nemo"):
+            if progress:
+                progress(step)
+        shutil.copyfile(tiny_model[0], path)
+
+    monkeypatch.setattr(model_store, "build_random_nemo", fake_build)
+    out = tmp_path / "model"
+    assert main(["convert", "--random", "tiny-a", "-o", str(out)]) == 0
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert lines[:3] == ["streamasr: building random tiny-a: training tokenizer",
+                         "streamasr: building random tiny-a: tuning blank bias (1/14)",
+                         "streamasr: building random tiny-a: writing .nemo"]
+    assert "streamasr: building random tiny-a: exporting ONNX (encoder)" in lines
+    assert captured.out.startswith(f"converted random:tiny-a -> {out} (") and captured.out.count("\n") == 1
+    # a library call without a progress callback stays quiet
+    model_store.convert_source("random:tiny-a", tmp_path / "quiet")
+    assert capsys.readouterr().err == ""
+
+
+def test_missing_input_with_the_default_model_fails_at_once(tmp_path):
+    missing = str(tmp_path / "missing.wav")
+    # should the hub be contacted, it is a port nothing listens on (and nothing is downloaded)
+    env = {"STREAMASR_CACHE": str(tmp_path / "cache"), "HF_HOME": str(tmp_path / "hf"),
+           "HF_ENDPOINT": "http://127.0.0.1:9"}
+    t0 = time.monotonic()
+    proc = run_cli("transcribe", missing, env=env)
+    assert_user_error(proc, missing, "no such file")
+    assert time.monotonic() - t0 < 10
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("case", ["list", "wrong_type"])
+def test_malformed_config_is_one_line(tiny_model_dir, tmp_path, speech_manifest, case):
+    directory = tmp_path / "model"
+    directory.mkdir()
+    for f in Path(tiny_model_dir).iterdir():
+        if f.name != "config.json":
+            (directory / f.name).symlink_to(f)
+    cfg = json.loads((Path(tiny_model_dir) / "config.json").read_text())
+    if case == "list":
+        cfg, needle = [cfg], "not a JSON object"
+    else:
+        cfg["encoder"]["latency_modes"][0]["latency_ms"], needle = "80", "latency_ms must be an integer"
+    (directory / "config.json").write_text(json.dumps(cfg))
+    proc = run_cli("transcribe", str(speech_manifest[0]["path"]), "--model", str(directory), "--allow-random")
+    assert_user_error(proc, str(directory / "config.json"), needle)

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
+import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,21 @@ EXTERNAL_DATA_THRESHOLD = 512 << 20
 #: Bumped whenever the directory layout or the graphs' inputs/outputs change incompatibly.
 FORMAT_VERSION = 3  # 2: attention caches in the heads layout; 3: ring buffers, one input per layer (see cache_shapes)
 CONFIG_NAME = "config.json"
+
+
+def as_latency_ms(value: object) -> int:
+    """A latency mode as an int: callers pass what they parsed or were given ("160" from a query string or a
+    config file, 160.0 from JSON), and comparing those with the modes' ints would call an existing mode
+    unknown. Anything that is not a whole number of milliseconds is refused with a message saying so."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(-?\d+)\s*(?:ms)?\s*", value)
+        if match:
+            return int(match.group(1))
+    raise ModelError(f"latency_ms must be an integer number of milliseconds (e.g. 160), not {value!r}")
 
 
 def directory_size(directory: Path) -> int:
@@ -64,7 +82,8 @@ class EncoderConfig:
     latency_modes: tuple[LatencyMode, ...]
     default_latency_ms: int
 
-    def mode(self, latency_ms: int) -> LatencyMode:
+    def mode(self, latency_ms: int | str) -> LatencyMode:
+        latency_ms = as_latency_ms(latency_ms)
         for m in self.latency_modes:
             if m.latency_ms == latency_ms:
                 return m
@@ -139,22 +158,14 @@ class ModelConfig:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "ModelConfig":
-        enc = dict(d["encoder"])
-        enc["latency_modes"] = tuple(LatencyMode(**m) for m in enc["latency_modes"])
-        return ModelConfig(
-            model_id=d["model_id"],
-            frontend=FrontendConfig(**d["frontend"]),
-            encoder=EncoderConfig(**enc),
-            decoder=DecoderConfig(**d["decoder"]),
-            source_sha256=d.get("source_sha256", ""),
-            random_weights=bool(d.get("random_weights", False)),
-            streamasr_version=d.get("streamasr_version", ""),
-            format_version=int(d["format_version"]),
-            files=dict(d.get("files", {})),
-            quantization=dict(d.get("quantization", {})),
-            size_bytes=int(d.get("size_bytes", 0)),
-            optimization=dict(d.get("optimization", {})),
-        )
+        """The config a parsed config.json describes; a `ConfigProblem` naming the field that is missing or
+        of the wrong type (a hand-edited or foreign file must not surface as a TypeError at the first step)."""
+        if not isinstance(d, dict):
+            raise ConfigProblem(f"it holds {_json_kind(d)}, not a JSON object")
+        # top-level keys this version does not know are metadata of another streamasr: ignored, as before
+        config = _checked(ModelConfig, {k: v for k, v in d.items() if k in _FIELDS[ModelConfig]}, "")
+        _check_values(config)
+        return config
 
     @staticmethod
     def load(directory: Path) -> "ModelConfig":
@@ -163,10 +174,13 @@ class ModelConfig:
             raise ModelError(f"{directory} is not a streamasr model directory (no {CONFIG_NAME})")
         try:
             raw = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ModelError(f"cannot read {path}: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ModelError(f"{path} is malformed: it holds {_json_kind(raw)}, not a JSON object; "
+                             "it was not written by streamasr")
         version = raw.get("format_version")
-        if not isinstance(version, int):
+        if not isinstance(version, int) or isinstance(version, bool):
             raise ModelError(f"{path} has no format_version; it was not written by streamasr")
         if version > FORMAT_VERSION:
             raise ModelError(
@@ -180,5 +194,96 @@ class ModelConfig:
             )
         try:
             return ModelConfig.from_dict(raw)
-        except (KeyError, TypeError) as exc:
-            raise ModelError(f"{path} is incomplete or malformed: {exc}") from exc
+        except ConfigProblem as exc:
+            raise ModelError(f"{path} is malformed: {exc}; re-convert the model") from exc
+
+
+class ConfigProblem(ValueError):
+    """What is wrong with a parsed config.json, phrased for the user (`ModelConfig.load` adds the path)."""
+
+
+_FIELDS: dict[type, dict[str, dataclasses.Field]] = {
+    cls: {f.name: f for f in dataclasses.fields(cls)}
+    for cls in (FrontendConfig, LatencyMode, EncoderConfig, DecoderConfig, ModelConfig)
+}
+#: integer fields that must be at least 1 (sizes and rates); every other integer must be at least 0
+_POSITIVE = {"sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "latency_ms", "n_layers", "d_model",
+             "n_heads", "subsampling_factor", "max_step_frames", "default_latency_ms", "vocab_size", "pred_hidden",
+             "pred_layers", "joint_hidden", "max_symbols_per_frame", "format_version"}
+
+
+def _json_kind(value: Any) -> str:
+    """How a JSON value reads in a message: `a list`, `a string ('x')`."""
+    kinds = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
+             float: "a number", type(None): "null"}
+    kind = kinds.get(type(value), type(value).__name__)
+    return kind if isinstance(value, (dict, list)) else f"{kind} ({value!r})"
+
+
+def _checked(cls: type, value: Any, where: str) -> Any:
+    """`cls(**value)` with each field's JSON type checked against the dataclass's annotations."""
+    if not isinstance(value, dict):
+        raise ConfigProblem(f"{where} must be an object, not {_json_kind(value)}")
+    fields = _FIELDS[cls]
+    unknown = sorted(set(value) - set(fields))
+    if unknown:
+        raise ConfigProblem(f"{where or 'the top level'} has unknown field(s) {', '.join(unknown)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, f in fields.items():
+        path = f"{where}.{name}" if where else name
+        if name not in value:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigProblem(f"{path} is missing")
+            continue
+        kwargs[name] = _checked_value(hints[name], value[name], path)
+    return cls(**kwargs)
+
+
+def _checked_value(tp: Any, value: Any, path: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp in _FIELDS:
+        return _checked(tp, value, path)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigProblem(f"{path} must be true or false, not {_json_kind(value)}")
+        return value
+    if tp is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigProblem(f"{path} must be an integer, not {_json_kind(value)}")
+        if value < (1 if path.rsplit(".", 1)[-1] in _POSITIVE else 0):
+            raise ConfigProblem(f"{path} must be {'positive' if path.rsplit('.', 1)[-1] in _POSITIVE else 'at least 0'}"
+                                f", not {value}")
+        return value
+    if tp is float:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ConfigProblem(f"{path} must be a number, not {_json_kind(value)}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigProblem(f"{path} must be a string, not {_json_kind(value)}")
+        return value
+    if origin is tuple:  # tuple[X, ...]
+        if not isinstance(value, list):
+            raise ConfigProblem(f"{path} must be a list, not {_json_kind(value)}")
+        return tuple(_checked_value(args[0], item, f"{path}[{i}]") for i, item in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigProblem(f"{path} must be an object, not {_json_kind(value)}")
+        if args and args[1] is not Any:
+            return {k: _checked_value(args[1], v, f"{path}.{k}") for k, v in value.items()}
+        return dict(value)
+    raise TypeError(f"no JSON check for {tp!r} ({path})")  # a field added without teaching this function
+
+
+def _check_values(config: ModelConfig) -> None:
+    """What the types cannot say: the geometry the graphs and caches are built from must be consistent."""
+    enc = config.encoder
+    if enc.d_model % enc.n_heads:
+        raise ConfigProblem(f"encoder.d_model ({enc.d_model}) is not a multiple of encoder.n_heads ({enc.n_heads})")
+    if not enc.latency_modes:
+        raise ConfigProblem("encoder.latency_modes is empty")
+    modes = [m.latency_ms for m in enc.latency_modes]
+    if enc.default_latency_ms not in modes:
+        raise ConfigProblem(f"encoder.default_latency_ms ({enc.default_latency_ms}) is not one of "
+                            f"encoder.latency_modes ({', '.join(map(str, modes))})")

@@ -9,6 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
+
 from streamasr.cli import main
 from streamasr.errors import StreamASRError
 from streamasr.eval.speed import run_bench, speech_audio, stream_once

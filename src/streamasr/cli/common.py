@@ -6,8 +6,9 @@ import argparse
 import shutil
 import sys
 
+from streamasr.convert.random_model import RANDOM_PREFIX
 from streamasr.errors import ModelError
-from streamasr.model_store import DEFAULT_MODEL, resolve_model
+from streamasr.model_store import DEFAULT_MODEL, Progress, resolve_model
 from streamasr.runtime import Model
 
 
@@ -17,10 +18,19 @@ def add_model_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
 
 
+def random_build_progress(source: str | None) -> Progress | None:
+    """For a `random:NAME` source, a progress callback printing each build step to stderr (the first build
+    takes about a minute, which a command should not spend silent); None for any other source."""
+    if not str(source or "").startswith(RANDOM_PREFIX):
+        return None
+    label = f"building random {str(source)[len(RANDOM_PREFIX):]}"
+    return lambda step: print(f"streamasr: {label}: {step}", file=sys.stderr, flush=True)
+
+
 def load_model(args: argparse.Namespace, allow_random: bool = True) -> Model:
     """The model `--model` names (converted into the cache on first use), refusing random weights unless
     allowed: their transcripts are meaningless."""
-    model = Model.load_dir(resolve_model(args.model), threads=args.threads)
+    model = Model.load_dir(resolve_model(args.model, progress=random_build_progress(args.model)), threads=args.threads)
     if model.config.random_weights and not allow_random:
         raise ModelError(f"{args.model} has random weights (a benchmark model); its transcripts are meaningless. "
                          "Pass --allow-random to run it anyway")

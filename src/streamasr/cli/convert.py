@@ -9,10 +9,11 @@ import time
 from pathlib import Path
 
 from streamasr.audio import read_audio
+from streamasr.cli.common import random_build_progress
 from streamasr.convert.random_model import ARCHITECTURES, RANDOM_PREFIX
 from streamasr.errors import StreamASRError
 from streamasr.model_config import ModelConfig
-from streamasr.model_store import convert_source
+from streamasr.model_store import check_output, convert_source, source_kind
 from streamasr.quant.optimize import FUSIONS, optimize_model_dir
 from streamasr.quant.quantize import check_quant_options, quantize_model_dir
 from streamasr.quant.sensitivity import analyze, choose_kept, format_report
@@ -74,21 +75,27 @@ def cmd_convert(args: argparse.Namespace) -> int:
     source = RANDOM_PREFIX + args.random if args.random else args.source
     if not source:
         raise StreamASRError("give a SOURCE (.nemo file or hub repo id) or --random NAME")
-    if not args.random and source.endswith(".nemo") and not Path(source).is_file():
-        raise StreamASRError(f"no such .nemo file: {source}")
     # every option is checked before a conversion that can take many minutes
+    source_kind(source, directories=False)  # a .nemo file, a hub id or a known architecture
+    output = check_output(Path(args.output))
     fusions = _fusions(args.fuse)
     quantizing = bool(args.quant) and args.quant != "fp32"
     if quantizing:
         check_quant_options(args.quant, args.block_size, args.accuracy_level, args.mixed_budget, args.mixed_kept,
                             args.sensitivity)
+
+    def finish(work: Path) -> None:
+        """Fuse and quantize in the conversion's own directory: the model appears at the output path only
+        once all of it is done, so an interrupted quantization leaves no fp32 model that looks finished."""
+        if fusions:  # first: the fusions match the fp32 graph only
+            optimize_model_dir(work, fusions)
+        if quantizing:
+            quantize_model_dir(work, args.quant, block_size=args.block_size, accuracy_level=args.accuracy_level,
+                               sensitivity=args.sensitivity, mixed_budget=args.mixed_budget,
+                               mixed_kept=args.mixed_kept)
+
     t0 = time.perf_counter()
-    out = convert_source(source, Path(args.output))
-    if fusions:  # first: the fusions match the fp32 graph only
-        optimize_model_dir(out, fusions)
-    if quantizing:
-        quantize_model_dir(out, args.quant, block_size=args.block_size, accuracy_level=args.accuracy_level,
-                           sensitivity=args.sensitivity, mixed_budget=args.mixed_budget, mixed_kept=args.mixed_kept)
+    out = convert_source(source, output, finish=finish, progress=random_build_progress(source))
     cfg = ModelConfig.load(out)
     print(f"converted {source} -> {out} ({cfg.size_bytes / 1e6:.1f} MB, {cfg.quantization.get('method')}, "
           f"latency modes {', '.join(str(m.latency_ms) for m in cfg.encoder.latency_modes)} ms) "

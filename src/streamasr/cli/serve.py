@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable
 
@@ -130,6 +131,21 @@ class _Printer:
         self.live = LiveLine("tty" if sys.stdout.isatty() and not as_json else "off")
 
     def __call__(self, event: dict) -> None:
+        try:
+            self._show(event)
+        except BrokenPipeError:
+            # the reader went away (`| head -n 1`): nothing more can be shown. Point stdout at /dev/null so
+            # the interpreter's flush at exit does not print "Exception ignored ... BrokenPipeError" (Python
+            # docs, "Note on SIGPIPE"), then re-raise so the caller stops streaming and exits quietly.
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                os.close(devnull)
+            except (OSError, ValueError):  # stdout replaced by an object without a descriptor: nothing to flush
+                pass
+            raise
+
+    def _show(self, event: dict) -> None:
         if self.as_json:
             print(json.dumps(event, ensure_ascii=False), flush=True)
             return
@@ -159,6 +175,8 @@ def cmd_client(args: argparse.Namespace) -> int:
     try:
         result = asyncio.run(stream_blocks(url, blocks, args.encoding, realtime=realtime, on_event=printer,
                                            timeout=3600))
+    except BrokenPipeError:  # our stdout's reader closed it (the printer re-raised it through the stream)
+        return 0
     except OSError as exc:  # aiohttp's connection errors derive from OSError
         raise StreamASRError(f"cannot reach the server at {args.url}: {exc}") from None
     except aiohttp.ClientError as exc:

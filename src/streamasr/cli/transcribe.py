@@ -7,7 +7,7 @@ import json
 import sys
 import time
 
-from streamasr.audio import iter_pcm, read_audio, stream_resample
+from streamasr.audio import iter_audio, iter_pcm, open_audio_file, stream_resample
 from streamasr.cli.common import LiveLine, add_model_arg, load_model
 from streamasr.errors import StreamASRError
 from streamasr.runtime import Model, Result
@@ -37,10 +37,22 @@ def transcribe_blocks(model: Model, blocks, latency: int, live: LiveLine, nemo_c
     return stream.finish(), time.perf_counter() - t0
 
 
+def check_inputs(args: argparse.Namespace) -> None:
+    """The inputs' problems (a missing, unreadable or empty file, a directory, stdin without its rate) said at
+    once: before the model is resolved, which on first use downloads and converts it for minutes. Only the
+    headers are read here."""
+    for name in args.audio:
+        if name == "-":
+            if args.raw_sample_rate is None:
+                raise StreamASRError("reading raw PCM from stdin needs --raw-sample-rate")
+            continue
+        open_audio_file(name).close()
+
+
 def cmd_transcribe(args: argparse.Namespace) -> int:
+    check_inputs(args)
     model = load_model(args, allow_random=args.allow_random)
     latency = model.latency(args.latency)
-    block = int(model.sample_rate * 0.1)
     for name in args.audio:
         if name == "-":
             if args.raw_sample_rate is None:
@@ -49,8 +61,9 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
             # live text as it arrives, also into a pipe (e.g. a captioning process reading our stdout)
             live = LiveLine("off" if args.json else "tty" if sys.stdout.isatty() else "append")
         else:
-            samples = read_audio(name, model.sample_rate)
-            blocks = (samples[i : i + block] for i in range(0, samples.size, block))
+            # in blocks, resampled as a stream: memory stays flat however long the file (opened and checked
+            # here, so a bad file is one line before any work)
+            blocks = iter_audio(name, model.sample_rate, block_s=0.1)
             live = LiveLine("tty" if sys.stdout.isatty() and not args.json else "off")
         result, seconds = transcribe_blocks(model, blocks, latency, live, args.nemo_compat)
         if live.finish(result.text):

@@ -10,7 +10,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -97,9 +97,13 @@ def export_joint(arch: Architecture, sd: dict[str, Any], path: Path) -> None:
     _export(Joint(arch, sd).eval(), args, path, ["encoded_proj", "pred_proj"], ["best", "logprob"], dynamic)
 
 
-def convert_checkpoint(ckpt: NemoCheckpoint, out_dir: Path, model_id: str, random_weights: bool = False) -> ModelConfig:
-    """Convert a loaded `.nemo` checkpoint into a model directory; returns its config."""
+def convert_checkpoint(ckpt: NemoCheckpoint, out_dir: Path, model_id: str, random_weights: bool = False,
+                       progress: Callable[[str], None] | None = None) -> ModelConfig:
+    """Convert a loaded `.nemo` checkpoint into a model directory; returns its config. `progress` is told
+    each graph as its export starts (the full encoder takes minutes)."""
     import sentencepiece as spm
+
+    report = progress or (lambda step: None)
 
     cfg, sd = ckpt.config, ckpt.state_dict
     tok_cfg = cfg.get("tokenizer") or {}
@@ -117,7 +121,9 @@ def convert_checkpoint(ckpt: NemoCheckpoint, out_dir: Path, model_id: str, rando
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    report("exporting ONNX (encoder)")
     export_encoder(arch, sd, out_dir / "encoder.onnx")
+    report("exporting ONNX (decoder, joint)")
     export_decoder(arch, sd, out_dir / "decoder.onnx")
     export_joint(arch, sd, out_dir / "joint.onnx")
     np.savez(out_dir / "frontend.npz",

@@ -17,7 +17,7 @@ import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -28,6 +28,8 @@ from streamasr.speech import bundled_speech
 
 NEMOTRON_EN = "nemotron-speech-streaming-en-0.6b"
 RANDOM_PREFIX = "random:"
+#: bisection steps of the blank-row scale (each a greedy decode of the tuning speech)
+BLANK_TUNING_STEPS = 14
 
 
 @dataclass(frozen=True)
@@ -205,13 +207,16 @@ def make_speech_like(
     target_tokens_per_frame: float = 0.3,
     seed: int = 0,
     pred_scale: float = 1.0,
+    progress: Callable[[str], None] | None = None,
 ) -> SpeechLikeReport:
     """Adjust a random state dict in place so that greedy decoding of real speech looks like speech output.
 
     Also perturbs the parameters NeMo initialises to constants (LayerNorm affine, position biases), so
-    that parity tests exercise them.
+    that parity tests exercise them. `progress` is told each step (the whole takes tens of seconds).
     """
     import torch
+
+    report = progress or (lambda step: None)
 
     g = torch.Generator().manual_seed(seed + 1)
     for key, t in state_dict.items():
@@ -232,7 +237,11 @@ def make_speech_like(
     # latency modes see the audio differently (80 ms has no look-ahead): tune on the lowest and the default
     enc_cfg = ref.arch.encoder
     modes = sorted({enc_cfg.latency_modes[0].latency_ms, enc_cfg.default_latency_ms})
-    encoded = [ref.encode(x, latency) for x in speech for latency in modes]  # list of (T, D)
+    jobs = [(x, latency) for x in speech for latency in modes]
+    encoded = []  # list of (T, D)
+    for i, (x, latency) in enumerate(jobs):
+        report(f"encoding tuning speech ({i + 1}/{len(jobs)})")
+        encoded.append(ref.encode(x, latency))
     enc_all = torch.cat(encoded)
     w = state_dict["joint.enc.weight"]
     proj = enc_all @ w.t()
@@ -241,6 +250,7 @@ def make_speech_like(
     # reacts to what changes in the audio rather than to a constant offset
     state_dict["joint.enc.weight"] = w / std[:, None]
     state_dict["joint.enc.bias"] = -(proj.mean(dim=0) / std)
+    report("fitting the joint")
     # the prediction side: fit its projection (least squares over the labels) so that having just emitted
     # label k pushes the joint's hidden state against k's output row. Audio then chooses the label, and
     # the emitted label no longer repeats max_symbols times on a frame: the RNN-T dynamic of a label
@@ -285,7 +295,8 @@ def make_speech_like(
         return total / n_frames, toks
 
     lo, hi = 0.0, 64.0
-    for _ in range(14):
+    for step in range(BLANK_TUNING_STEPS):
+        report(f"tuning blank bias ({step + 1}/{BLANK_TUNING_STEPS})")
         mid = (lo + hi) / 2
         if rate(mid)[0] > target_tokens_per_frame:
             lo = mid
@@ -302,12 +313,15 @@ def make_speech_like(
 
 
 def build_random_nemo(name: str, path: Path, seed: int = 0, speech: list[np.ndarray] | None = None,
-                      nemo_model_factory=None) -> SpeechLikeReport:
+                      nemo_model_factory=None, progress: Callable[[str], None] | None = None) -> SpeechLikeReport:
     """Write a speech-like random-weight `.nemo` for a named architecture.
 
     Without `nemo_model_factory` the archive is written by our own writer (no NeMo needed); with it (a
     callable cfg -> NeMo model), NeMo builds the model, loads the weights and saves the archive itself.
+    `progress` is told each step ("training tokenizer", "tuning blank bias (3/14)", ...): the build takes
+    about a minute, which a command line should not spend silent; library callers pass none.
     """
+    report = progress or (lambda step: None)
     if name.startswith(RANDOM_PREFIX):
         name = name[len(RANDOM_PREFIX):]
     if name not in ARCHITECTURES:
@@ -315,12 +329,15 @@ def build_random_nemo(name: str, path: Path, seed: int = 0, speech: list[np.ndar
     spec = ARCHITECTURES[name]
     path = Path(path)
     with tempfile.TemporaryDirectory() as tmp:
+        report("training tokenizer")
         tok_dir = train_tokenizer(Path(tmp) / "tokenizer", spec.vocab_size, seed=seed)
         cfg = nemo_config(spec, str(tok_dir))
+        report("drawing random weights")
         sd = random_state_dict(spec, seed=seed)
         if speech is None:  # the full-size model runs slowly in torch: tune it on a few seconds of speech
             speech = bundled_speech(max_seconds=10.0) if spec.d_model < 512 else bundled_speech(max_seconds=6.0)[:4]
-        report = make_speech_like(sd, cfg, speech, seed=seed)
+        result = make_speech_like(sd, cfg, speech, seed=seed, progress=progress)
+        report("writing .nemo")
         if nemo_model_factory is not None:
             model = nemo_model_factory(cfg)
             model.load_state_dict(sd, strict=True)
@@ -332,4 +349,4 @@ def build_random_nemo(name: str, path: Path, seed: int = 0, speech: list[np.ndar
                                        "vocab_path": "nemo:vocab.txt", "spe_tokenizer_vocab": "nemo:tokenizer.vocab"})
             artifacts = {name: (tok_dir / name).read_bytes() for name in names}
             write_nemo(path, cfg, {k: v.contiguous() for k, v in sd.items()}, artifacts)
-    return report
+    return result

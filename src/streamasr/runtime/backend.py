@@ -14,7 +14,8 @@ from typing import Protocol
 import numpy as np
 
 from streamasr.errors import ModelError
-from streamasr.runtime.cache import CacheFeeds
+from streamasr.model_config import CONFIG_NAME, ModelConfig, cache_shapes
+from streamasr.runtime.cache import CacheFeeds, encoder_input_names
 
 EncoderOut = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
@@ -74,16 +75,80 @@ def encoder_providers(name: str = "cpu", threads: int | None = None) -> list:
     return ["CPUExecutionProvider"]
 
 
+def expected_inputs(config: ModelConfig) -> dict[str, dict[str, tuple]]:
+    """Each graph's inputs (names in order) and the shapes `config` implies; None marks a free dimension
+    (batch, frames). What the runtime will feed, so a graph that disagrees can be refused at load."""
+    enc, dec = config.encoder, config.decoder
+    shapes = cache_shapes(enc, batch=1)
+    encoder: dict[str, tuple] = {"mel": (None, None, config.frontend.n_mels), "drop": (), "cache_len": (None,),
+                                 "cache_start": (None,), "conv_cache": (None, *shapes["conv_cache"][1:])}
+    for name in encoder_input_names(enc.n_layers)[5:]:
+        encoder[name] = (None, *shapes["k_cache" if name.startswith("k_") else "v_cache"][1:])
+    state = (dec.pred_layers, None, dec.pred_hidden)
+    return {"encoder": encoder,
+            "decoder": {"label": (None,), "h": state, "c": state},
+            "joint": {"encoded_proj": (None, None, dec.joint_hidden), "pred_proj": (None, dec.joint_hidden)}}
+
+
+def expected_outputs(config: ModelConfig) -> dict[str, dict[str, tuple]]:
+    """The graph outputs whose widths `config` fixes (see `expected_inputs`)."""
+    j = config.decoder.joint_hidden
+    return {"encoder": {"encoded": (None, None, config.encoder.d_model), "encoded_proj": (None, None, j)},
+            "decoder": {"pred_proj": (None, j)}, "joint": {}}
+
+
+def check_session(session, graph: str, path: Path, config: ModelConfig) -> None:
+    """A ModelError when a graph's inputs do not fit `config` (an encoder.onnx copied from a model of
+    another size, say): said at load, naming the file and the mismatch, rather than as an ONNX Runtime
+    shape error at the first step."""
+    expected = expected_inputs(config)[graph]
+    found = {i.name: tuple(d if isinstance(d, int) else None for d in i.shape) for i in session.get_inputs()}
+    enc = config.encoder
+    size = (f"{enc.n_layers} layers, d_model {enc.d_model}, {enc.n_heads} heads, prediction network "
+            f"{config.decoder.pred_layers}x{config.decoder.pred_hidden}, joint {config.decoder.joint_hidden}")
+    problem = None
+    if list(found) != list(expected):
+        layers = sum(n.startswith("k_cache_") for n in found)
+        if graph == "encoder" and layers != enc.n_layers:
+            problem = f"its inputs are for {layers} layers"
+        else:
+            missing, extra = [n for n in expected if n not in found], [n for n in found if n not in expected]
+            problem = (f"its inputs are {', '.join(found)}" + (f" (missing {', '.join(missing)})" if missing else "")
+                       + (f" (unexpected {', '.join(extra)})" if extra else ""))
+    else:
+        # the projections the joint adds must have its width too (an encoder of the same depth and width
+        # but another joint would pass the input checks)
+        outputs = {o.name: tuple(d if isinstance(d, int) else None for d in o.shape) for o in session.get_outputs()}
+        checks = [("input", name, found[name], want) for name, want in expected.items()]
+        checks += [("output", name, outputs[name], want) for name, want in expected_outputs(config)[graph].items()
+                   if name in outputs]
+        for kind, name, have, want in checks:
+            fits = len(have) == len(want) and all(h is None or w is None or h == w for h, w in zip(have, want))
+            if not fits:
+                problem = f"its {kind} {name} has shape {_shape(have)} where the model needs {_shape(want)}"
+                break
+    if problem:
+        raise ModelError(f"{path.name} in {path.parent} does not match its {CONFIG_NAME} ({size}): {problem}; "
+                         "the files come from different models (re-convert the model into a fresh directory)")
+
+
+def _shape(shape: tuple) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
 class OrtBackend:
     """Runs the model directory's ONNX graphs. Sessions are shared by every stream of a loaded model
     (ORT's `run` is thread-safe); each stream keeps its own state. `providers` applies to the encoder; the
     small decoder and joint graphs always run on the CPU provider, where a call costs microseconds."""
 
     def __init__(self, directory: Path, files: dict[str, str], threads: int | None = None,
-                 providers: list[str] | None = None):
+                 providers: list[str] | None = None, config: ModelConfig | None = None):
+        """`config` (the directory's config.json, as Model.load_dir passes it): each graph's inputs are
+        checked against it, so files of different models are refused here."""
         import onnxruntime as ort
 
         self.providers = providers or ["CPUExecutionProvider"]
+        self.config = config
         self.sessions = {}
         for name in ("encoder", "decoder", "joint"):
             path = Path(directory) / files.get(name, f"{name}.onnx")
@@ -101,6 +166,8 @@ class OrtBackend:
             if wanted not in session.get_providers():  # ORT drops a provider with bad options, logging only
                 raise ModelError(f"{wanted} could not be created for {path.name} (the session has "
                                  f"{session.get_providers()}); see onnxruntime's error log above")
+            if config is not None:
+                check_session(session, name, path, config)
             self.sessions[name] = session
 
     def with_encoder(self, path: Path, options, providers: list | None = None) -> "OrtBackend":
@@ -110,12 +177,15 @@ class OrtBackend:
 
         other = object.__new__(OrtBackend)
         other.providers = providers or self.providers
+        other.config = self.config
         other.sessions = dict(self.sessions)
         try:
             other.sessions["encoder"] = ort.InferenceSession(str(path), sess_options=options,
                                                              providers=other.providers)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ModelError(f"cannot load {path}: {exc}") from exc
+        if self.config is not None:
+            check_session(other.sessions["encoder"], "encoder", Path(path), self.config)
         return other
 
     def encode(self, mel, drop, caches: CacheFeeds) -> EncoderOut:

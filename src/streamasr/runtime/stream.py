@@ -87,19 +87,24 @@ class Model:
         except (OSError, KeyError, ValueError) as exc:
             raise ModelError(f"model directory {directory} has no usable frontend.npz: {exc}") from exc
         text = TextDecoder(directory / config.files.get("tokenizer", "tokenizer.model"))
-        if backend is None:
-            backend = OrtBackend(directory, config.files, threads=threads, providers=providers)
+        if len(text.pieces) != config.decoder.vocab_size:  # a tokenizer.model of another model
+            raise ModelError(f"{config.files.get('tokenizer', 'tokenizer.model')} in {directory} has "
+                             f"{len(text.pieces)} pieces but its config.json's decoder predicts "
+                             f"{config.decoder.vocab_size}; the files come from different models (re-convert)")
+        if backend is None:  # the graphs are checked against config.json (files of another model size)
+            backend = OrtBackend(directory, config.files, threads=threads, providers=providers, config=config)
         return cls(directory, config, backend, window, filterbank, text)
 
     def with_backend(self, backend: Backend) -> "Model":
         """The same model run by another backend (a timing wrapper, an encoder with other weights)."""
         return Model(self.directory, self.config, backend, self.window, self.filterbank, self.text)
 
-    def latency(self, latency_ms: int | None = None) -> int:
-        """`latency_ms`, or the model's default mode when None; a ModelError naming the modes if unknown."""
+    def latency(self, latency_ms: int | str | None = None) -> int:
+        """`latency_ms` as an int, or the model's default mode when None. An int-like string ("160", from a
+        query string or a command line) is that mode; anything that is not a whole number of milliseconds
+        is a ModelError saying so, and an unknown mode one naming the model's modes."""
         latency = self.config.encoder.default_latency_ms if latency_ms is None else latency_ms
-        self.config.encoder.mode(latency)
-        return latency
+        return self.config.encoder.mode(latency).latency_ms  # (mode() takes "160" as 160)
 
     def stream(self, latency_ms: int | None = None, nemo_compat: bool = False,
                on_chunk: ChunkObserver | None = None) -> "Stream":
