@@ -27,6 +27,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import numpy as np
 
 from streamasr.errors import StreamASRError
@@ -122,28 +123,45 @@ def _metric(text: str, name: str) -> float:
     return 0.0
 
 
+class ChunkClock:
+    """Per-chunk latency as a client sees it: each partial's `audio_s` (the audio its chunk covered) is matched
+    to the send time of the first block that completed that much audio (blocks are sent in order)."""
+
+    def __init__(self, rate: int):
+        self.rate = rate
+        self._sends: list[tuple[int, float]] = []  # (samples sent after this block, time)
+        self._next = 0
+
+    def sent(self, samples_total: int) -> None:
+        self._sends.append((samples_total, time.perf_counter()))
+
+    def latency(self, audio_s: float) -> float | None:
+        """Seconds from the send of the block that completed `audio_s` to now; None if not sent yet."""
+        need = int(audio_s * self.rate)
+        while self._next < len(self._sends) and self._sends[self._next][0] < need:
+            self._next += 1
+        if self._next < len(self._sends):
+            return time.perf_counter() - self._sends[self._next][1]
+        return None
+
+
 async def _client(url: str, samples: np.ndarray, block: int, rate: int, start_delay: float, lat: list[float]):
     """One real-time client; returns (error messages, whether the server refused the stream)."""
-    import aiohttp
-
     await asyncio.sleep(start_delay)
-    sends: list[tuple[int, float]] = []  # (samples sent after this block, time)
+    clock = ChunkClock(rate)
     errors = []
     async with aiohttp.ClientSession() as http:
         async with http.ws_connect(url, max_msg_size=0) as ws:
 
             async def receive():
-                j = 0
                 async for msg in ws:
                     if msg.type != aiohttp.WSMsgType.TEXT:
                         break
                     ev = json.loads(msg.data)
                     if ev["type"] == "partial" and "audio_s" in ev:
-                        need = int(ev["audio_s"] * rate)
-                        while j < len(sends) and sends[j][0] < need:
-                            j += 1
-                        if j < len(sends):
-                            lat.append(time.perf_counter() - sends[j][1])
+                        seconds = clock.latency(ev["audio_s"])
+                        if seconds is not None:
+                            lat.append(seconds)
                     elif ev["type"] == "error":
                         errors.append(ev["message"])
 
@@ -157,7 +175,7 @@ async def _client(url: str, samples: np.ndarray, block: int, rate: int, start_de
                     if ws.closed:
                         break
                     await ws.send_bytes(encode_pcm(samples[i : i + block]))
-                    sends.append((min(i + block, samples.size), time.perf_counter()))
+                    clock.sent(min(i + block, samples.size))
                 if not ws.closed:
                     await ws.send_str(json.dumps({"type": "end"}))
             except (ConnectionError, RuntimeError):  # the server closed the stream while we were sending

@@ -22,7 +22,7 @@ import aiohttp
 import numpy as np
 
 from streamasr.errors import StreamASRError
-from streamasr.eval.serve_load import current_rss_bytes, server_process
+from streamasr.eval.serve_load import ChunkClock, current_rss_bytes, server_process
 from streamasr.eval.speech import benchmark_speech
 from streamasr.model_config import ModelConfig
 from streamasr.serve.client import encode_pcm
@@ -52,7 +52,7 @@ async def soak_client(url: str, audio: np.ndarray, duration: float, block: int, 
                       server_pid: int) -> list[Window]:
     """Stream `audio`, looped, in real time for `duration` seconds; statistics per window of stream time."""
     windows: list[Window] = [Window(0.0)]
-    sends: list[tuple[int, float]] = []  # (samples sent after this block, time)
+    clock = ChunkClock(rate)
     total = int(duration * rate)
     t0 = time.perf_counter()
 
@@ -62,17 +62,14 @@ async def soak_client(url: str, audio: np.ndarray, duration: float, block: int, 
     async with aiohttp.ClientSession() as http, http.ws_connect(url, max_msg_size=0) as ws:
 
         async def receive() -> None:
-            j = 0
             async for msg in ws:
                 if msg.type != aiohttp.WSMsgType.TEXT:
                     break
                 event = json.loads(msg.data)
                 if event["type"] == "partial" and "audio_s" in event:
-                    need = int(event["audio_s"] * rate)
-                    while j < len(sends) and sends[j][0] < need:
-                        j += 1
-                    if j < len(sends):
-                        current().latencies.append(time.perf_counter() - sends[j][1])
+                    seconds = clock.latency(event["audio_s"])
+                    if seconds is not None:
+                        current().latencies.append(seconds)
                 elif event["type"] == "final":
                     current().finals += 1
                 elif event["type"] == "error":
@@ -91,7 +88,7 @@ async def soak_client(url: str, audio: np.ndarray, duration: float, block: int, 
             start = i % audio.size
             piece = audio[start : start + block]
             await ws.send_bytes(encode_pcm(piece))
-            sends.append((i + piece.size, time.perf_counter()))
+            clock.sent(i + piece.size)
         if not ws.closed:
             await ws.send_str(json.dumps({"type": "end"}))
         await asyncio.wait_for(receiver, 120)
