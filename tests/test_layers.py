@@ -21,7 +21,7 @@ PACKAGE = "streamasr"
 HEAVY = {"torch", "nemo", "ray", "datasets", "matplotlib", "lightning", "omegaconf"}
 #: the plain modules every layer may use
 BASIC = {"streamasr", "streamasr.errors", "streamasr.audio", "streamasr.frontend", "streamasr.text",
-         "streamasr.model_config"}
+         "streamasr.model_config", "streamasr.formats"}
 #: layer -> the layers it may import besides itself and BASIC
 ALLOWED = {
     "runtime": set(),

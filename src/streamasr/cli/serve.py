@@ -23,6 +23,7 @@ from streamasr.runtime.endpoint import EndpointConfig, Endpointer
 from streamasr.runtime.vad import silero_session
 from streamasr.serve.client import file_blocks, stream_blocks, stream_url
 from streamasr.serve.server import ServerConfig, run_server
+from streamasr.serve.wyoming import parse_wyoming_uri
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,6 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_endpoint_args(p)
     p.add_argument("--idle-timeout-s", type=float, default=30.0,
                    help="close a stream that sends nothing this long (default: %(default)s)")
+    p.add_argument("--wyoming", default=None, metavar="tcp://HOST:PORT",
+                   help="also serve the Wyoming protocol (Home Assistant) on this TCP address, through the same "
+                        "scheduler, e.g. tcp://127.0.0.1:10300 (default: off)")
     p.add_argument("--allow-random", action="store_true", help="serve a random-weight benchmark model anyway")
     p.set_defaults(func=cmd_serve)
 
@@ -104,6 +108,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise StreamASRError(f"--port {args.port} is not a TCP port")
     endpoint = _endpoint(args)
+    if args.wyoming is not None:
+        parse_wyoming_uri(args.wyoming)  # one clear error for a bad URI, before loading the model
     if args.warmup_batches < 0:
         raise StreamASRError("--warmup-batches must be 0 or more")
     try:
@@ -115,7 +121,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         model.latency(ms)  # an unknown mode is a clear error now, not at the first stream
     config = ServerConfig(host=args.host, port=args.port, max_streams=args.max_streams, max_load=args.max_load,
                           max_batch=args.max_batch, batch_wait=args.batch_wait, warmup_batches=args.warmup_batches,
-                          warmup_latency_ms=warm_modes, idle_timeout_s=args.idle_timeout_s, endpoint=endpoint)
+                          warmup_latency_ms=warm_modes, idle_timeout_s=args.idle_timeout_s, endpoint=endpoint,
+                          wyoming=args.wyoming)
     try:
         run_server(model, config)
     except OSError as exc:

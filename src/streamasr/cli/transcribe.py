@@ -1,16 +1,30 @@
-"""`streamasr transcribe`: audio files (or raw PCM on stdin) through a stream, text live as it comes."""
+"""`streamasr transcribe`: audio files (or raw PCM on stdin) through a stream, text live as it comes.
+
+`--format text|json|srt|vtt|tsv` writes documents (streamasr.formats) whose segments are the runtime
+endpointer's utterances, with words and times: the same segments, and so the same subtitle files, as the
+server's `POST /v1/audio/transcriptions` gives for the same audio. `--output-dir DIR` writes one file per input.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+from pathlib import Path
 
 from streamasr.audio import iter_audio, iter_pcm, open_audio_file, stream_resample
 from streamasr.cli.common import LiveLine, add_model_arg, load_model
 from streamasr.errors import StreamASRError
+from streamasr.formats import EXTENSIONS, Segment, SegmentCollector, render
 from streamasr.runtime import Model, Result
+from streamasr.runtime.decoder import Token
+from streamasr.runtime.encoder import EncodedChunk
+from streamasr.runtime.endpoint import EndpointConfig, Endpointer, Final
+
+#: --format choices; `json` is OpenAI's verbose_json document (text, segments, words), as the server writes it
+FORMATS = ("text", "json", "srt", "vtt", "tsv")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +32,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("audio", nargs="+", help="audio files (WAV/FLAC/OGG), or - for raw PCM on stdin")
     add_model_arg(p)
     p.add_argument("--latency", type=int, default=None, help="latency mode in ms (default: the model's, 560)")
-    p.add_argument("--json", action="store_true", help="one JSON object per input on stdout")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="one JSON object per input on stdout (tokens and times)")
+    out.add_argument("--format", choices=FORMATS, default=None,
+                     help="output document: plain text, json (OpenAI verbose_json: segments and words with "
+                          "times), srt or vtt subtitles, or tsv (start and end in ms, text); segments are the "
+                          "endpointer's utterances (800 ms of silence, at most 30 s)")
+    p.add_argument("--output-dir", default=None, metavar="DIR",
+                   help="write one file per input into DIR (NAME.txt/.json/.srt/.vtt/.tsv; stdin: stdin.EXT) "
+                        "instead of printing; default format text")
     p.add_argument("--raw-sample-rate", type=int, default=None, help="sample rate of raw PCM on stdin")
     p.add_argument("--raw-encoding", default="s16le", choices=["s16le", "f32le"])
     p.add_argument("--nemo-compat", action="store_true",
@@ -27,48 +49,131 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_transcribe)
 
 
-def transcribe_blocks(model: Model, blocks, latency: int, live: LiveLine, nemo_compat: bool) -> tuple[Result, float]:
-    """Stream the blocks through one stream, showing the text as it grows; (result, seconds of compute)."""
-    stream = model.stream(latency, nemo_compat=nemo_compat)
+def transcribe_blocks(model: Model, blocks, latency: int, live: LiveLine, nemo_compat: bool,
+                      endpoint: EndpointConfig | None = None) -> tuple[Result, float, list[Segment]]:
+    """Stream the blocks through one stream, showing the text as it grows; (result, seconds of compute,
+    segments). With `endpoint`, an Endpointer follows the stream through its `on_chunk` observer (as `mic`
+    and the server do: after every chunk, then the last final at the end) and its finals become the
+    segments; without it there are none."""
+    finals: list[Final] = []
+    endpointer: Endpointer | None = None
+
+    def after_chunk(chunk: EncodedChunk, tokens: list[Token]) -> None:
+        finals.extend(endpointer.update())
+
+    stream = model.stream(latency, nemo_compat=nemo_compat, on_chunk=after_chunk if endpoint else None)
+    if endpoint is not None:
+        endpointer = Endpointer(stream, endpoint)
     t0 = time.perf_counter()
     for block in blocks:
+        if endpointer is not None:
+            endpointer.accept_audio(block)
         if stream.accept(block):
             live.update(stream.text)
-    return stream.finish(), time.perf_counter() - t0
+    stream.on_chunk = None  # the tail's chunks are closed by the last final, as in the server's session
+    result = stream.finish()
+    segments: list[Segment] = []
+    if endpointer is not None:
+        finals.extend(endpointer.finish())
+        collector = SegmentCollector(model.config.frame_seconds)
+        for final in finals:
+            collector.add(final.to_event(), stream.tokens)
+        segments = collector.segments
+    return result, time.perf_counter() - t0, segments
+
+
+def output_paths(args: argparse.Namespace) -> dict[str, Path]:
+    """Input -> the file it is written to under --output-dir (NAME.EXT; stdin: stdin.EXT). Two inputs that
+    would write the same file are an error, said before any work."""
+    if args.output_dir is None:
+        return {}
+    ext = EXTENSIONS[args.format]
+    paths: dict[str, Path] = {}
+    seen: dict[Path, str] = {}
+    for name in args.audio:
+        path = Path(args.output_dir) / f"{'stdin' if name == '-' else Path(name).stem}.{ext}"
+        if path in seen:
+            raise StreamASRError(f"{seen[path]} and {name} would both be written to {path}; transcribe them into "
+                                 "different --output-dir folders")
+        seen[path] = name
+        paths[name] = path
+    return paths
 
 
 def check_inputs(args: argparse.Namespace) -> None:
-    """The inputs' problems (a missing, unreadable or empty file, a directory, stdin without its rate) said at
-    once: before the model is resolved, which on first use downloads and converts it for minutes. Only the
-    headers are read here."""
+    """The inputs' problems (a missing, unreadable or empty file, a directory, stdin without its rate) and the
+    output options' said at once: before the model is resolved, which on first use downloads and converts it
+    for minutes. Only the headers are read here."""
     for name in args.audio:
         if name == "-":
             if args.raw_sample_rate is None:
                 raise StreamASRError("reading raw PCM from stdin needs --raw-sample-rate")
             continue
         open_audio_file(name).close()
+    if args.output_dir is not None:
+        if args.format is None:
+            args.format = "text"
+        out = Path(args.output_dir)
+        if out.exists() and not out.is_dir():
+            raise StreamASRError(f"--output-dir {out} exists and is not a directory")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StreamASRError(f"cannot create --output-dir {out}: {exc.strerror or exc}") from None
+        if not os.access(out, os.W_OK):
+            raise StreamASRError(f"--output-dir {out} is not writable")
+    elif args.format in ("srt", "vtt", "tsv") and len(args.audio) > 1:
+        raise StreamASRError(f"{len(args.audio)} inputs would print their {args.format} files one after another on "
+                             "stdout; give --output-dir DIR to write one file per input")
+    output_paths(args)
+
+
+def _write(path: Path, text: str) -> None:
+    """Write through a temporary name and rename, so a killed run leaves no half-written file that a rerun
+    or a reader would take for a finished one."""
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise StreamASRError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
     check_inputs(args)
     model = load_model(args, allow_random=args.allow_random)
     latency = model.latency(args.latency)
+    paths = output_paths(args)
+    document = args.format not in (None, "text") or args.output_dir is not None
     for name in args.audio:
         if name == "-":
             if args.raw_sample_rate is None:
                 raise StreamASRError("reading raw PCM from stdin needs --raw-sample-rate")
             blocks = stream_resample(iter_pcm(encoding=args.raw_encoding), args.raw_sample_rate, model.sample_rate)
             # live text as it arrives, also into a pipe (e.g. a captioning process reading our stdout)
-            live = LiveLine("off" if args.json else "tty" if sys.stdout.isatty() else "append")
+            live = LiveLine("off" if args.json or document else "tty" if sys.stdout.isatty() else "append")
         else:
             # in blocks, resampled as a stream: memory stays flat however long the file (opened and checked
             # here, so a bad file is one line before any work)
             blocks = iter_audio(name, model.sample_rate, block_s=0.1)
-            live = LiveLine("tty" if sys.stdout.isatty() and not args.json else "off")
-        result, seconds = transcribe_blocks(model, blocks, latency, live, args.nemo_compat)
+            live = LiveLine("tty" if sys.stdout.isatty() and not args.json and args.format in (None, "text")
+                            else "off")
+        result, seconds, segments = transcribe_blocks(model, blocks, latency, live, args.nemo_compat,
+                                                      EndpointConfig() if document else None)
         if live.finish(result.text):
             continue
-        if args.json:
+        if document:
+            fmt = "verbose_json" if args.format == "json" else args.format
+            text = render(fmt, result.text.strip(), segments, result.audio_s)
+            if fmt == "verbose_json" and name in paths:
+                text = json.dumps(json.loads(text), ensure_ascii=False, indent=1) + "\n"
+            if name in paths:
+                _write(paths[name], text)
+                print(f"streamasr: wrote {paths[name]}", file=sys.stderr, flush=True)
+            else:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+        elif args.json:
             out = {"audio": name, **result.to_dict(), "processing_s": round(seconds, 4),
                    "rtfx": round(result.audio_s / seconds, 2) if seconds > 0 else None}
             print(json.dumps(out, ensure_ascii=False), flush=True)

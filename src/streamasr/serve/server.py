@@ -37,10 +37,12 @@ from streamasr.runtime.batch import warm_up
 from streamasr.runtime.endpoint import EndpointConfig
 from streamasr.runtime.stream import Model
 from streamasr.runtime.vad import silero_session
+from streamasr.serve import openai_http, openai_realtime
 from streamasr.serve.metrics import Metrics
 from streamasr.serve.page import page_html
 from streamasr.serve.scheduler import LOAD_WINDOW_S, Scheduler
 from streamasr.serve.session import StreamSession
+from streamasr.serve.wyoming import WyomingServer
 
 log = logging.getLogger("streamasr.serve")
 
@@ -67,6 +69,7 @@ class ServerConfig:
     warmup_batches: int = 8  # batch sizes warmed up at start-up (runtime.batch.warm_up)
     warmup_latency_ms: tuple[int, ...] = ()  # latency modes warmed up; empty: the model's default mode
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
+    wyoming: str | None = None  # tcp://HOST:PORT: also serve Wyoming there (serve/wyoming.py)
 
 
 class Server:
@@ -81,6 +84,7 @@ class Server:
         self.active = 0
         self.accepting = True
         self._open: dict[int, _OpenStream] = {}
+        self.wyoming: WyomingServer | None = None
 
     # ---------------------------------------------------------------- app
     def app(self):
@@ -89,10 +93,21 @@ class Server:
         app.router.add_get("/health", self.handle_health)
         app.router.add_get("/metrics", self.handle_metrics)
         app.router.add_get("/", self.handle_index)
+        openai_http.add_routes(app, self)  # POST /v1/audio/transcriptions, GET /v1/models
+        openai_realtime.add_routes(app, self)  # GET /v1/realtime?intent=transcription (WebSocket)
         app.on_startup.append(self._on_startup)
         app.on_shutdown.append(self._on_shutdown)
         app.on_cleanup.append(self._on_cleanup)
+        if self.config.wyoming:  # the TCP listener lives on the same loop and feeds the same scheduler
+            self.wyoming = WyomingServer(self, self.config.wyoming)
+            app.on_startup.append(self.wyoming.on_startup)
+            app.on_cleanup.append(self.wyoming.on_cleanup)
         return app
+
+    @property
+    def wyoming_port(self) -> int | None:
+        """The bound Wyoming port once the app has started (`--wyoming tcp://HOST:0` picks one)."""
+        return self.wyoming.port if self.wyoming is not None else None
 
     async def _on_startup(self, app) -> None:
         self.scheduler.start()
