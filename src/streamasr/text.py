@@ -46,3 +46,44 @@ class TextDecoder:
 
     def piece(self, token_id: int) -> str:
         return self.pieces[token_id]
+
+    def starts_word(self, token_id: int) -> bool:
+        return 0 <= token_id < len(self.pieces) and self.pieces[token_id].startswith("\u2581")
+
+    def join(self, left: str, right_ids: list[int]) -> str:
+        """decode(left_ids + right_ids) from decode(left_ids) when `right_ids` starts a new word: the word's
+        leading space, unless NeMo's rule takes the space before a punctuation mark away."""
+        right = self.decode(right_ids)
+        if not left:
+            return right
+        if right and self._punct_re is not None and self._punct_re.match(" " + right[0]):
+            return left + right
+        return left + " " + right
+
+
+class IncrementalText:
+    """The text of an append-only token sequence, kept in time proportional to the new tokens.
+
+    A long stream's text cannot be decoded from all its tokens at every chunk (the cost would grow with the
+    stream's age). Text before the last word start is settled: later tokens cannot change it, so only the
+    tokens from there on are decoded again."""
+
+    def __init__(self, decoder: TextDecoder):
+        self.decoder = decoder
+        self.ids: list[int] = []
+        self.settled = ""  # decode(ids[:settled_n])
+        self.settled_n = 0
+        self.text = ""
+
+    def extend(self, ids: list[int]) -> str:
+        """Append token ids; returns the whole text."""
+        self.ids.extend(ids)
+        last_start = next((i for i in range(len(self.ids) - 1, self.settled_n, -1)
+                           if self.decoder.starts_word(self.ids[i])), None)
+        if last_start is not None:
+            part = self.ids[self.settled_n : last_start]
+            self.settled = (self.decoder.join(self.settled, part) if self.settled_n else self.decoder.decode(part))
+            self.settled_n = last_start
+        tail = self.ids[self.settled_n :]
+        self.text = self.decoder.join(self.settled, tail) if self.settled_n else self.decoder.decode(tail)
+        return self.text

@@ -33,6 +33,21 @@ async def _bad(url, action, timeout=10.0):
             return events, ws.close_code
 
 
+async def _refused(url):
+    """A connect the server refuses before the upgrade: (Retry-After seconds, the 503's JSON error)."""
+    async with aiohttp.ClientSession() as http:
+        try:
+            async with http.ws_connect(url):
+                raise AssertionError("the server upgraded a connection it should have refused")
+        except aiohttp.WSServerHandshakeError as exc:
+            assert exc.status == 503, exc
+            retry_after = int(exc.headers["Retry-After"])
+        # the same refusal as plain HTTP, to read its body (aiohttp's handshake error does not keep it)
+        async with http.get(url.replace("ws://", "http://")) as r:
+            assert r.status == 503 and int(r.headers["Retry-After"]) >= 1
+            return retry_after, (await r.json())["error"]
+
+
 def _check_good(model, result, samples, s16_roundtrip):
     assert result.close_code == 1000 and not result.errors, result.events[-3:]
     assert result.finals[-1]["text"] == model.transcribe(s16_roundtrip(samples), 160).text.strip()
@@ -122,14 +137,14 @@ def test_more_streams_than_max_streams(serve_model, make_server, short_speech, s
         goods = [asyncio.create_task(stream_blocks(stream_url(base, 160), file_blocks(x, 100), realtime=True,
                                                    timeout=30)) for x in short_speech[:2]]
         await asyncio.sleep(0.5)
-        extra = await _bad(stream_url(base, 160), lambda ws: asyncio.sleep(0))
+        extra = await _refused(stream_url(base, 160))
         return await asyncio.wait_for(asyncio.gather(*goods), 30), extra
 
-    goods, (extra, extra_code) = asyncio.run(main())
-    assert extra_code == 1013 and "server is full (2 streams)" in extra[0]["message"]
+    goods, (retry_after, error) = asyncio.run(main())
+    assert retry_after == 1 and error["reason"] == "full" and "server is full (2 streams)" in error["message"]
     for res, x in zip(goods, short_speech[:2]):
         _check_good(serve_model, res, x, s16_roundtrip)
-    assert "streamasr_streams_rejected_total 1" in _metrics(base)
+    assert 'streamasr_streams_rejected_total{protocol="websocket"} 2.0' in _metrics(base)  # connect + GET
     # once they are done, a new stream is accepted again
     res = asyncio.run(stream_blocks(stream_url(base, 160), file_blocks(short_speech[2], 100), timeout=30))
     _check_good(serve_model, res, short_speech[2], s16_roundtrip)
@@ -137,8 +152,8 @@ def test_more_streams_than_max_streams(serve_model, make_server, short_speech, s
 
 def test_new_streams_refused_while_the_scheduler_is_at_capacity(serve_model, make_server, short_speech,
                                                                 s16_roundtrip):
-    """--max-load: past it every open stream would fall behind together, so a new stream is refused with
-    1013 and a message naming the load, and the open stream is unharmed. (The tiny model never loads a
+    """--max-load: past it every open stream would fall behind together, so a new stream is refused before
+    the upgrade (HTTP 503, Retry-After) with a message naming the load, and the open stream is unharmed. (The tiny model never loads a
     scheduler near 90%, so the threshold is set below what one stream costs.)"""
     st, base = make_server(endpoint=EndpointConfig(0, 0), max_load=1e-4)
 
@@ -146,15 +161,15 @@ def test_new_streams_refused_while_the_scheduler_is_at_capacity(serve_model, mak
         good = asyncio.create_task(stream_blocks(stream_url(base, 160), file_blocks(short_speech[0], 100),
                                                  realtime=True, timeout=30))
         await asyncio.sleep(1.0)  # some rounds have run
-        extra = await _bad(stream_url(base, 160), lambda ws: asyncio.sleep(0))
+        extra = await _refused(stream_url(base, 160))
         return await asyncio.wait_for(good, 30), extra
 
-    good, (extra, extra_code) = asyncio.run(main())
-    assert extra_code == 1013, extra
-    assert "server is at capacity" in extra[0]["message"] and "--max-load 0.0001" in extra[0]["message"]
+    good, (retry_after, error) = asyncio.run(main())
+    assert 1 <= retry_after <= 5 and error["reason"] == "at_capacity", error
+    assert "server is at capacity" in error["message"] and "--max-load 0.0001" in error["message"]
     _check_good(serve_model, good, short_speech[0], s16_roundtrip)
     metrics = _metrics(base)
-    assert "streamasr_streams_rejected_total 1" in metrics
+    assert 'streamasr_streams_rejected_total{protocol="websocket"} 2.0' in metrics
     load = float(next(line.split()[1] for line in metrics.splitlines() if line.startswith("streamasr_scheduler_load ")))
     assert 0 < load < 0.5
     # the load is measured over a window: once it has passed with nothing to do, streams are accepted again

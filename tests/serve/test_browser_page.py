@@ -113,8 +113,12 @@ def _spy_on(server) -> StreamSpy:
 
 
 def _metrics(http_base: str) -> dict[str, float]:
+    """Each metric's value, a labeled family (per protocol) summed over its labels."""
     body = urllib.request.urlopen(f"{http_base}/metrics", timeout=10).read().decode()
-    return {m[1]: float(m[2]) for m in re.finditer(r"^(\w+) ([-+.\deE]+)$", body, re.M)}
+    out: dict[str, float] = {}
+    for m in re.finditer(r"^(\w+)(?:\{[^}]*\})? ([-+.\deE]+)$", body, re.M):
+        out[m[1]] = out.get(m[1], 0.0) + float(m[2])
+    return out
 
 
 def _best_match(received: np.ndarray, reference: np.ndarray, window: int) -> float:

@@ -47,7 +47,7 @@ MAX_FRAME = 1 << 15
 STEP_TIMEOUT_S = 20.0  # how long a script waits for an answer or a close it expects (a hang detector)
 CONNECTION_TIMEOUT_S = 60.0  # per generated example, all its connections: far above what any script needs
 EVENT_TYPES = {"partial", "final", "error"}
-CLOSE_CODES = {1000, 1007, 1008, 1009, 1011, 1013}
+CLOSE_CODES = {1000, 1007, 1008, 1009, 1011}  # refusals (full, busy) are HTTP 503 before the upgrade
 FINAL_REASONS = {"silence", "max_length", "vad", "end"}
 
 FUZZ = settings(max_examples=40, deadline=None, derandomize=True, database=None,

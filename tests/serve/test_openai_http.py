@@ -14,6 +14,8 @@ import numpy as np
 import openai
 import pytest
 import soundfile as sf
+import srt
+import webvtt
 
 from streamasr.serve.client import encode_pcm
 
@@ -165,7 +167,17 @@ def test_subtitles_parse(api, clip, fmt):
     _, client = api
     data, duration, ref = clip
     doc = client.audio.transcriptions.create(file=("a.wav", data), model="m", response_format=fmt)
-    _check_cues(parse_srt(doc) if fmt == "srt" else parse_vtt(doc), duration, ref)
+    cues = parse_srt(doc) if fmt == "srt" else parse_vtt(doc)
+    _check_cues(cues, duration, ref)
+    # and the subtitle libraries read the same cues
+    if fmt == "srt":
+        library = [(c.start.total_seconds(), c.end.total_seconds(), c.content.replace("\n", " "))
+                   for c in srt.parse(doc)]
+    else:
+        library = [(_seconds(re.match(VTT_TIME, c.start)), _seconds(re.match(VTT_TIME, c.end)),
+                    c.text.replace("\n", " ")) for c in webvtt.from_string(doc)]
+    assert [(round(a, 3), round(b, 3)) for a, b, _ in library] == [(round(a, 3), round(b, 3)) for a, b, _ in cues]
+    assert [t for *_, t in library] == [t for *_, t in cues]
 
 
 def test_logprobs(api, clip, serve_model):

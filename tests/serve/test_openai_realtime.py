@@ -241,7 +241,7 @@ def test_bad_events_are_errors_and_the_session_goes_on(serve_model, make_server,
 
 
 def test_raw_socket_admission_and_bad_query(make_server, short_speech):
-    """Below the SDK: a full server refuses with an error event and 1013, like /v1/stream; an unknown
+    """Below the SDK: a full server refuses the handshake with HTTP 503, like /v1/stream; an unknown
     intent or latency is refused with 1008; binary frames get an error and the session stays."""
     import aiohttp
 
@@ -252,10 +252,15 @@ def test_raw_socket_admission_and_bad_query(make_server, short_speech):
             async with http.ws_connect(f"{base}/v1/realtime?intent=transcription") as ws1:
                 created = json.loads((await ws1.receive()).data)
                 assert created["type"] == "session.created"
-                async with http.ws_connect(f"{base}/v1/realtime?intent=transcription") as ws2:
-                    err = json.loads((await ws2.receive()).data)
-                    assert err["type"] == "error" and "full" in err["error"]["message"]
-                    assert (await ws2.receive()).type == aiohttp.WSMsgType.CLOSE and ws2.close_code == 1013
+                try:
+                    async with http.ws_connect(f"{base}/v1/realtime?intent=transcription"):
+                        raise AssertionError("a full server upgraded the connection")
+                except aiohttp.WSServerHandshakeError as exc:
+                    assert exc.status == 503 and int(exc.headers["Retry-After"]) >= 1
+                async with http.get(f"{base.replace('ws://', 'http://')}/v1/realtime") as r:
+                    err = await r.json()
+                    assert r.status == 503 and err["error"]["code"] == "server_at_capacity"
+                    assert "full" in err["error"]["message"]
                 await ws1.send_bytes(b"\0\0")
                 err = json.loads((await ws1.receive()).data)
                 assert err["type"] == "error" and "input_audio_buffer.append" in err["error"]["message"]

@@ -77,7 +77,7 @@ def test_health_and_metrics(serve_model, make_server, short_speech):
         text = r.read().decode()
     for name in ("streamasr_active_streams 0", "streamasr_audio_seconds_total", "streamasr_rtfx",
                  'streamasr_chunk_latency_seconds_bucket{le="+Inf"}', "streamasr_encoder_batch_size_count",
-                 "streamasr_streams_total 1"):
+                 'streamasr_streams_total{protocol="websocket"} 1.0', "streamasr_open_streams 0"):
         assert name in text, name
     audio = float(next(l for l in text.splitlines() if l.startswith("streamasr_audio_seconds_total")).split()[1])
     assert abs(audio - short_speech[2].size / 16000) < 0.01

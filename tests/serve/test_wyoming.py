@@ -246,7 +246,7 @@ def test_bad_input_gets_an_error_and_the_connection_closed(make_server, case):
     assert len(errors) == 1 and Error.from_event(errors[0]).code == code, events
     assert events[-1] is errors[0]  # the connection closed right after it
     _wait_idle(st)
-    assert st.server.metrics.client_errors >= 1
+    assert st.server.metrics.value("streamasr_client_errors_total") >= 1
 
 
 def test_bad_clients_do_not_break_a_concurrent_request(serve_model, make_server, short_speech, s16_roundtrip):
@@ -293,6 +293,9 @@ def test_full_server_refuses_with_an_error_event(make_server):
     assert [Error.from_event(e).code for e in events] == ["server-busy"]
     assert "full" in Error.from_event(events[0]).text
     _wait_idle(st)
+    # /metrics counts the admitted request and the refused one under the wyoming protocol
+    assert st.server.metrics.value("streamasr_streams_rejected_total", protocol="wyoming") == 1
+    assert st.server.metrics.value("streamasr_streams_total", protocol="wyoming") == 1
 
 
 def test_idle_connection_is_closed(make_server):

@@ -31,9 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_arg(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--max-streams", type=int, default=32, help="concurrent streams; more are refused (1013)")
+    p.add_argument("--max-streams", type=int, default=32, help="concurrent streams; more are refused (HTTP 503)")
     p.add_argument("--max-load", type=float, default=0.8, metavar="FRACTION",
-                   help="refuse a new stream (1013) when the scheduler, busy this fraction of the last 5 s per "
+                   help="refuse a new stream (HTTP 503) when the scheduler, busy this fraction of the last 5 s per "
                         "stream, would pass it with one more: past it every open stream falls behind together; "
                         "1 disables (default: %(default)s)")
     p.add_argument("--max-batch", type=int, default=32, help="streams per batched encoder call")

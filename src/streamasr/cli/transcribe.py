@@ -3,6 +3,8 @@
 `--format text|json|srt|vtt|tsv` writes documents (streamasr.formats) whose segments are the runtime
 endpointer's utterances, with words and times: the same segments, and so the same subtitle files, as the
 server's `POST /v1/audio/transcriptions` gives for the same audio. `--output-dir DIR` writes one file per input.
+`--engine ray` transcribes a manifest, a folder or a glob of files across a Ray cluster (streamasr.cli.bulk),
+writing the same files, one per input, with the same function (`transcribe_document`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 from pathlib import Path
 
 from streamasr.audio import iter_audio, iter_pcm, open_audio_file, stream_resample
+from streamasr.cli import bulk
 from streamasr.cli.common import LiveLine, add_model_arg, load_model
 from streamasr.errors import StreamASRError
 from streamasr.formats import EXTENSIONS, Segment, SegmentCollector, render
@@ -29,7 +32,8 @@ FORMATS = ("text", "json", "srt", "vtt", "tsv")
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("transcribe", help="transcribe audio files (or raw PCM on stdin) in streaming mode")
-    p.add_argument("audio", nargs="+", help="audio files (WAV/FLAC/OGG), or - for raw PCM on stdin")
+    p.add_argument("audio", nargs="+", help="audio files (WAV/FLAC/OGG), or - for raw PCM on stdin; with "
+                   "--engine ray: a manifest (.jsonl with \"audio\" paths relative to it), a folder or a glob")
     add_model_arg(p)
     p.add_argument("--latency", type=int, default=None, help="latency mode in ms (default: the model's, 560)")
     out = p.add_mutually_exclusive_group()
@@ -46,6 +50,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nemo-compat", action="store_true",
                    help="reproduce NeMo's loop exactly (drops a final partial chunk shorter than 80 ms of frames)")
     p.add_argument("--allow-random", action="store_true", help="run a random-weight benchmark model anyway")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local (default): one process; ray: bulk transcription, one task per file across a Ray "
+                        "cluster's workers (model loaded once per worker) into --output-dir, skipping files whose "
+                        "output exists, failed files recorded in OUT/errors.jsonl (exit status 1 if any failed)")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="with --engine ray: an existing cluster (ray://HOST:10001 or auto); default: a local one")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="with --engine ray: worker actors, one model each (default: the cluster's CPUs / --threads)")
     p.set_defaults(func=cmd_transcribe)
 
 
@@ -80,6 +92,23 @@ def transcribe_blocks(model: Model, blocks, latency: int, live: LiveLine, nemo_c
             collector.add(final.to_event(), stream.tokens)
         segments = collector.segments
     return result, time.perf_counter() - t0, segments
+
+
+def render_document(fmt: str, result: Result, segments: list[Segment], to_file: bool) -> str:
+    """The --format document of one input: `json` is OpenAI's verbose_json, indented in a file."""
+    fmt = "verbose_json" if fmt == "json" else fmt
+    text = render(fmt, result.text.strip(), segments, result.audio_s)
+    if fmt == "verbose_json" and to_file:
+        text = json.dumps(json.loads(text), ensure_ascii=False, indent=1) + "\n"
+    return text
+
+
+def transcribe_document(model: Model, name: str, fmt: str, latency: int, nemo_compat: bool) -> tuple[str, Result]:
+    """One audio file's --output-dir document (and its result), with no live text: what `--engine ray`'s
+    workers run for each file, the same as the single-process loop writes."""
+    blocks = iter_audio(name, model.sample_rate, block_s=0.1)
+    result, _, segments = transcribe_blocks(model, blocks, latency, LiveLine("off"), nemo_compat, EndpointConfig())
+    return render_document(fmt, result, segments, to_file=True), result
 
 
 def output_paths(args: argparse.Namespace) -> dict[str, Path]:
@@ -140,6 +169,10 @@ def _write(path: Path, text: str) -> None:
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
+    if args.engine == "ray":
+        return bulk.cmd_bulk(args, transcribe_document, _write)
+    if args.ray_address or args.workers is not None:
+        raise StreamASRError("--ray-address and --workers need --engine ray")
     check_inputs(args)
     model = load_model(args, allow_random=args.allow_random)
     latency = model.latency(args.latency)
@@ -163,10 +196,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         if live.finish(result.text):
             continue
         if document:
-            fmt = "verbose_json" if args.format == "json" else args.format
-            text = render(fmt, result.text.strip(), segments, result.audio_s)
-            if fmt == "verbose_json" and name in paths:
-                text = json.dumps(json.loads(text), ensure_ascii=False, indent=1) + "\n"
+            text = render_document(args.format, result, segments, to_file=name in paths)
             if name in paths:
                 _write(paths[name], text)
                 print(f"streamasr: wrote {paths[name]}", file=sys.stderr, flush=True)

@@ -9,7 +9,7 @@ the block holding the chunk's last sample. Server RTFx = audio seconds / compute
 By default the server runs with `--max-load 1` (every client is served, so the table shows what N streams
 cost) and the clients start within one chunk of each other. `--join-every S` starts client k at k*S seconds
 instead and `--max-load` sets the server's admission threshold: the row then also counts the clients the
-server refused (close 1013) as it filled up.
+server refused (HTTP 503 before the upgrade) as it filled up.
 """
 
 from __future__ import annotations
@@ -151,7 +151,13 @@ async def _client(url: str, samples: np.ndarray, block: int, rate: int, start_de
     clock = ChunkClock(rate)
     errors = []
     async with aiohttp.ClientSession() as http:
-        async with http.ws_connect(url, max_msg_size=0) as ws:
+        try:
+            ws = await http.ws_connect(url, max_msg_size=0)
+        except aiohttp.WSServerHandshakeError as exc:
+            if exc.status == 503:  # full or at capacity: refused before the upgrade
+                return [], True
+            raise
+        async with ws:
 
             async def receive():
                 async for msg in ws:
@@ -181,8 +187,7 @@ async def _client(url: str, samples: np.ndarray, block: int, rate: int, start_de
             except (ConnectionError, RuntimeError):  # the server closed the stream while we were sending
                 pass
             await asyncio.wait_for(rx, 120)
-    refused = ws.close_code == 1013
-    return ([] if refused else errors), refused
+    return errors, False
 
 
 async def _run_n(url: str, speech: list[np.ndarray], n: int, duration: float, block: int, rate: int,

@@ -31,7 +31,7 @@ from streamasr.model_config import ModelConfig
 from streamasr.runtime.backend import Backend, OrtBackend
 from streamasr.runtime.decoder import GreedyDecoder, Token
 from streamasr.runtime.encoder import EncodedChunk, StreamingEncoder
-from streamasr.text import TextDecoder
+from streamasr.text import IncrementalText, TextDecoder
 
 #: an observer of a stream's chunks: (the chunk's encoder output, the tokens decoded from it)
 ChunkObserver = Callable[[EncodedChunk, list[Token]], None]
@@ -133,6 +133,7 @@ class Stream:
         self.frontend = StreamingLogMel(cfg.frontend, self.model.window, self.model.filterbank)
         self.encoder = StreamingEncoder(self.model.backend, cfg.encoder, mode, cfg.frontend.n_mels, self.nemo_compat)
         self.decoder = GreedyDecoder(self.model.backend, cfg.decoder)
+        self._incremental = IncrementalText(self.model.text)  # the text, decoded as tokens arrive
         self._lock = threading.Lock()  # one call at a time per stream, even if callers share it by mistake
 
     @property
@@ -240,9 +241,11 @@ class Stream:
         if not emitted:
             return ""
         old = self._text
-        self._text = self.model.text.decode([t.id for t in self.decoder.tokens])
-        common = 0
-        for a, b in zip(old, self._text):
+        stable = len(self._incremental.settled)  # a prefix later tokens do not change
+        known = len(self._incremental.ids)
+        self._text = self._incremental.extend([t.id for t in self.decoder.tokens[known:]])
+        common = stable
+        for a, b in zip(old[stable:], self._text[stable:]):
             if a != b:
                 break
             common += 1

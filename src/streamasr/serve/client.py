@@ -14,6 +14,29 @@ from typing import Callable
 import aiohttp
 import numpy as np
 
+from streamasr.errors import StreamASRError
+
+
+class ServerBusy(StreamASRError):
+    """The server refused the stream before the upgrade (HTTP 503: full, at capacity or shutting down).
+
+    One clear error instead of aiohttp's handshake exception, so `streamasr client` prints one line and a
+    caller can retry (here or on another replica) after `retry_after_s`."""
+
+    def __init__(self, url: str, retry_after_s: float | None):
+        self.url = url
+        self.retry_after_s = retry_after_s
+        wait = f"retry after {retry_after_s:g} s" if retry_after_s is not None else "retry later"
+        super().__init__(f"server busy, {wait} ({url} answered HTTP 503)")
+
+
+def _retry_after(headers) -> float | None:
+    """The `Retry-After` seconds of a refusal (None when absent or an HTTP date, which this server never sends)."""
+    try:
+        return float(headers.get("Retry-After")) if headers is not None else None
+    except (TypeError, ValueError):
+        return None
+
 
 @dataclass
 class ClientResult:
@@ -55,13 +78,20 @@ async def stream_blocks(url: str, blocks, encoding: str = "pcm_s16le", realtime:
                         timeout: float = 120.0, session=None) -> ClientResult:
     """Send float32 blocks (an iterable or async iterable), then `end`; return every event received.
 
-    realtime: pace the blocks at the audio's duration (as a live source would)."""
+    realtime: pace the blocks at the audio's duration (as a live source would). Raises `ServerBusy` when the
+    server refuses the stream (HTTP 503 before the upgrade)."""
     result = ClientResult()
     own = session is None
     session = session or aiohttp.ClientSession()
     sent_times: list[float] = []  # send time of each block not yet answered
     try:
-        async with session.ws_connect(url, max_msg_size=0, timeout=aiohttp.ClientWSTimeout(ws_close=timeout)) as ws:
+        try:
+            ws = await session.ws_connect(url, max_msg_size=0, timeout=aiohttp.ClientWSTimeout(ws_close=timeout))
+        except aiohttp.WSServerHandshakeError as exc:
+            if exc.status == 503:
+                raise ServerBusy(url, _retry_after(exc.headers)) from None
+            raise
+        async with ws:
 
             async def receiver():
                 async for msg in ws:

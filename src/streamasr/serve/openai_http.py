@@ -45,7 +45,7 @@ from streamasr.formats import (
     verbose_json,
 )
 from streamasr.runtime.stream import Model
-from streamasr.serve.scheduler import LOAD_WINDOW_S, Scheduler
+from streamasr.serve.scheduler import Scheduler
 from streamasr.serve.session import StreamSession
 
 #: the languages the model transcribes (the English Nemotron checkpoint)
@@ -61,6 +61,8 @@ MAX_FIELD_BYTES = 64 << 10
 FEED_BLOCK_S = 0.5
 _CONTENT_TYPES = {"text": "text/plain", "srt": "application/x-subrip", "vtt": "text/vtt"}
 _DONE = object()
+#: the `protocol` label of this route's streams in /metrics
+PROTOCOL = "openai_http"
 
 
 class _Server(Protocol):
@@ -69,9 +71,12 @@ class _Server(Protocol):
     model: Model
     config: Any  # ServerConfig: max_backlog_s, endpoint
     scheduler: Scheduler
+    metrics: Any  # Metrics: stream_opened / stream_rejected
     active: int
 
     def _admission(self) -> str | None: ...
+
+    def _refusal(self) -> Any: ...  # Refusal | None: reason, message, retry_after_s
 
 
 class APIError(Exception):
@@ -158,13 +163,16 @@ class OpenAIRoutes:
             try:
                 fields, path, filename = await self._read_form(request, Path(tmp))
                 req = self._validate(request, fields, path, filename)
-                refusal = self.server._admission()
+                refusal = self.server._refusal()
                 if refusal is not None:
-                    raise APIError(503, refusal, code="server_overloaded", kind="server_error",
-                                   headers={"Retry-After": str(int(LOAD_WINDOW_S)), "x-should-retry": "false"})
+                    raise APIError(503, refusal.message, code="server_overloaded", kind="server_error",
+                                   headers={"Retry-After": str(refusal.retry_after_s), "x-should-retry": "false"})
             except APIError as exc:
+                # a bad request or a refusal: no stream was opened (a load balancer counts both per protocol)
+                self.server.metrics.stream_rejected(PROTOCOL)
                 return exc.response()
-            self.server.active += 1  # an upload is an open stream: admission and /health count it
+            self.server.active += 1  # an upload is an open stream: admission, /health and /metrics count it
+            self.server.metrics.stream_opened(PROTOCOL)
             try:
                 if req.stream:
                     return await self._respond_stream(request, req)

@@ -30,8 +30,9 @@ drops the uncommitted audio (the turn's stream is discarded, its item never comp
 
 Errors are `{"type": "error", "error": {"type", "code", "message", "param", "event_id"}}` and never close the
 connection (bad base64, unknown events, unsupported settings); only the server's own limits do (the close
-codes of `/v1/stream`: 1001 shutdown, 1008 idle, 1011 internal error, 1013 at capacity), and those first
-complete the turn in progress.
+codes of `/v1/stream`: 1001 shutdown, 1008 idle, 1011 internal error), and those first complete the turn in
+progress. A full, busy or stopping server refuses the handshake itself with HTTP 503 and `Retry-After`, as
+`/v1/stream` does, so a load balancer can send the client to another replica.
 
 Why one recognition stream per committed turn: a commit says "this audio is the whole utterance", and the
 only way to decode the last word without waiting for audio that may never come is to finish the stream (its
@@ -71,7 +72,9 @@ DEFAULT_RATE = 24000  # OpenAI's only PCM rate; others are accepted as an extens
 MIN_RATE, MAX_RATE = 8000, 48000
 MIN_COMMIT_S = 0.1  # OpenAI refuses to commit less than 100 ms of audio
 CLOSE_NORMAL, CLOSE_GOING_AWAY, CLOSE_BAD_DATA, CLOSE_POLICY = 1000, 1001, 1007, 1008
-CLOSE_INTERNAL, CLOSE_TRY_LATER = 1011, 1013
+CLOSE_INTERNAL = 1011
+#: the `protocol` label of these sessions in /metrics
+PROTOCOL = "openai_realtime"
 _DONE = {"type": "_done"}
 _conn_ids = itertools.count(1)
 
@@ -87,7 +90,7 @@ class ServerLike(Protocol):
     accepting: bool
     _open: dict
 
-    def _admission(self) -> str | None: ...
+    def _refusal(self) -> Any: ...  # Refusal | None, with .response(**error_fields): the 503 before upgrade
 
     def stream_endpoint(self, query) -> EndpointConfig: ...
 
@@ -334,7 +337,20 @@ class RealtimeConnection:
         self.queue.put_nowait((0, {"type": "_check_close"}))
 
     # ---------------------------------------------------------------- life cycle
-    async def run(self) -> web.WebSocketResponse:
+    async def run(self) -> web.StreamResponse:
+        """Admit (or refuse with a 503 before the upgrade), then serve the session until it closes."""
+        server = self.server
+        refusal = server._refusal()
+        if refusal is not None:
+            server.metrics.stream_rejected(PROTOCOL)
+            return refusal.response(type="server_error", code="server_at_capacity")
+        server.active += 1  # the slot is taken before the upgrade awaits, so concurrent handshakes cannot overfill
+        try:
+            return await self._serve()
+        finally:
+            server.active -= 1
+
+    async def _serve(self) -> web.WebSocketResponse:
         server, ws = self.server, self.ws
         await ws.prepare(self.request)
         query = self.request.query
@@ -351,17 +367,10 @@ class RealtimeConnection:
                 self.model.config.encoder.mode(self.latency_ms)  # ModelError naming the supported modes
             self.endpoint = server.stream_endpoint(query)
         except StreamASRError as exc:
-            server.metrics.count("streams_rejected")
+            server.metrics.stream_rejected(PROTOCOL)
             await self._refuse(str(exc), CLOSE_POLICY, "invalid_request_error", "invalid_query")
             return ws
-        refusal = server._admission()
-        if refusal is not None:
-            server.metrics.count("streams_rejected")
-            await self._refuse(refusal, CLOSE_GOING_AWAY if not server.accepting else CLOSE_TRY_LATER,
-                               "server_error", "server_at_capacity")
-            return ws
-        server.active += 1
-        server.metrics.count("streams_total")
+        server.metrics.stream_opened(PROTOCOL)
         key = f"realtime-{self.id}"
         server._open[key] = self
         self.sender = asyncio.create_task(self._send_loop())
@@ -375,7 +384,6 @@ class RealtimeConnection:
                 server.scheduler.remove(turn.session)
             if not self.sender.done():
                 self.sender.cancel()
-            server.active -= 1
         return ws
 
     async def _refuse(self, message: str, code: int, kind: str, err_code: str) -> None:

@@ -7,9 +7,13 @@ messages: `partial`, `final` (at each endpoint and once at the end) and `error`.
 message `{"type": "end"}`; the server answers with the last final and closes with code 1000.
 
 Close codes: 1000 normal end; 1001 the server is shutting down; 1007 a malformed audio frame; 1008 bad query
-parameters or idle timeout; 1009 a frame over the size limit; 1011 internal error; 1013 server full or at
-capacity. Every close the server initiates once audio has arrived (idle timeout, shutdown, an over-size
+parameters or idle timeout; 1009 a frame over the size limit; 1011 internal error. Every close the server initiates once audio has arrived (idle timeout, shutdown, an over-size
 frame) first flushes the stream: its last final is sent before the close.
+
+Admission happens before the WebSocket upgrade: a server that is full (`--max-streams`), at capacity
+(`--max-load`) or shutting down answers the handshake with a plain HTTP 503, a `Retry-After` header and a JSON
+body `{"error": {"reason", "message"}}`, so a load balancer (or the client) can retry another replica; nothing
+is upgraded to be closed at once. `GET /ready` answers the same question before connecting (200 or 503).
 
 Flow control: a client may run at most `max_backlog_s` of audio ahead of recognition; beyond that the
 server stops reading its socket until recognition catches up, so TCP paces a client that sends faster than
@@ -25,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -38,7 +43,7 @@ from streamasr.runtime.endpoint import EndpointConfig
 from streamasr.runtime.stream import Model
 from streamasr.runtime.vad import silero_session
 from streamasr.serve import openai_http, openai_realtime
-from streamasr.serve.metrics import Metrics
+from streamasr.serve.metrics import CONTENT_TYPE, Metrics, Snapshot
 from streamasr.serve.page import page_html
 from streamasr.serve.scheduler import LOAD_WINDOW_S, Scheduler
 from streamasr.serve.session import StreamSession
@@ -48,7 +53,9 @@ log = logging.getLogger("streamasr.serve")
 
 ENCODINGS = {"pcm_s16le": "s16le", "s16le": "s16le", "pcm_f32le": "f32le", "f32le": "f32le"}
 CLOSE_NORMAL, CLOSE_GOING_AWAY, CLOSE_BAD_DATA, CLOSE_POLICY = 1000, 1001, 1007, 1008
-CLOSE_TOO_BIG, CLOSE_INTERNAL, CLOSE_TRY_LATER = 1009, 1011, 1013
+CLOSE_TOO_BIG, CLOSE_INTERNAL = 1009, 1011
+#: Retry-After of a full server (--max-streams): a slot frees as soon as any stream ends
+RETRY_FULL_S = 1
 #: aiohttp drops a frame this many times over --max-frame-bytes itself, unread and without a flush (memory bound)
 HARD_FRAME_FACTOR = 4
 _DONE = {"type": "_done"}
@@ -72,17 +79,35 @@ class ServerConfig:
     wyoming: str | None = None  # tcp://HOST:PORT: also serve Wyoming there (serve/wyoming.py)
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """Why the server takes no new stream now: `reason` is a stable code (`shutting_down`, `full`,
+    `at_capacity`, and for `/ready` only `starting`), `message` says it to a person, `retry_after_s` is the
+    `Retry-After` to send (whole seconds, at least 1)."""
+
+    reason: str
+    message: str
+    retry_after_s: int
+
+    def response(self, **error_fields: str) -> web.Response:
+        """The plain HTTP 503 a refused stream gets before any upgrade: `Retry-After` and a JSON body
+        `{"error": {"reason", "message", **error_fields}}` (a protocol adds its own error fields)."""
+        return web.json_response({"error": {"reason": self.reason, "message": self.message, **error_fields}},
+                                 status=503, headers={"Retry-After": str(self.retry_after_s)})
+
+
 class Server:
     def __init__(self, model: Model, config: ServerConfig | None = None):
         self.model = model
         self.config = config or ServerConfig()
         if self.config.endpoint.vad is not None:
             silero_session()  # a missing silero-vad package fails here, once, not on every stream
-        self.metrics = Metrics()
+        self.metrics = Metrics(self._snapshot)
         self.scheduler = Scheduler(model, self.config.max_batch, on_step=self.metrics.observe_step,
                                    batch_wait=self.config.batch_wait)
         self.active = 0
         self.accepting = True
+        self.ready = False  # set once the app has started (scheduler running); /ready says so
         self._open: dict[int, _OpenStream] = {}
         self.wyoming: WyomingServer | None = None
 
@@ -91,6 +116,7 @@ class Server:
         app = web.Application()
         app.router.add_get("/v1/stream", self.handle_stream)
         app.router.add_get("/health", self.handle_health)
+        app.router.add_get("/ready", self.handle_ready)
         app.router.add_get("/metrics", self.handle_metrics)
         app.router.add_get("/", self.handle_index)
         openai_http.add_routes(app, self)  # POST /v1/audio/transcriptions, GET /v1/models
@@ -111,11 +137,14 @@ class Server:
 
     async def _on_startup(self, app) -> None:
         self.scheduler.start()
+        # warm-up (run_server) is done before the app starts, so from here the server can take streams
+        self.ready = True
 
     async def _on_shutdown(self, app) -> None:
         """SIGTERM / Ctrl+C (or ServerThread.stop): refuse new streams, flush every open stream to its last
         final and close it with 1001, waiting at most `shutdown_timeout_s`."""
         self.accepting = False
+        self.ready = False
         open_streams = list(self._open.values())
         for o in open_streams:
             o.close_with(CLOSE_GOING_AWAY, "the server is shutting down")
@@ -132,14 +161,29 @@ class Server:
         return web.json_response({
             "status": "ok", "model": self.model.config.model_id, "sample_rate": self.model.sample_rate,
             "latency_modes": self.model.latency_modes, "active_streams": self.active,
-            "max_streams": self.config.max_streams, "vad": self.config.endpoint.vad,
+            "open_streams": self.active, "max_streams": self.config.max_streams, "vad": self.config.endpoint.vad,
         })
 
-    async def handle_metrics(self, request):
-        body = self.metrics.render(self.active, self.scheduler.audio_samples / self.model.sample_rate,
-                                   self.scheduler.busy_s, self.scheduler.load())
-        return web.Response(text=body, content_type="text/plain", charset="utf-8",
-                            headers={"X-Prometheus-Format": "0.0.4"})
+    async def handle_ready(self, request: web.Request) -> web.Response:
+        """Readiness for a load balancer: 200 when a new stream would be admitted now, else 503 with the
+        reason and `Retry-After`. Liveness is `/health` (it answers 200 even when the server is full)."""
+        state = {"open_streams": self.active, "max_streams": self.config.max_streams,
+                 "load": round(self.scheduler.load(), 3), "max_load": self.config.max_load}
+        refusal = self._refusal()
+        if refusal is None and not self.ready:
+            refusal = Refusal("starting", "the server is starting", RETRY_FULL_S)
+        if refusal is None:
+            return web.json_response({"ready": True, **state})
+        return web.json_response({"ready": False, "reason": refusal.reason, "message": refusal.message, **state},
+                                 status=503, headers={"Retry-After": str(refusal.retry_after_s)})
+
+    async def handle_metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+    def _snapshot(self) -> Snapshot:
+        """What /metrics reads from the server and its scheduler at scrape time."""
+        return Snapshot(open_streams=self.active, audio_s=self.scheduler.audio_samples / self.model.sample_rate,
+                        busy_s=self.scheduler.busy_s, load=self.scheduler.load())
 
     async def handle_index(self, request):
         return web.Response(text=page_html(self.model.latency_modes, self.model.config.encoder.default_latency_ms),
@@ -178,7 +222,21 @@ class Server:
         except (ConnectionError, RuntimeError):
             pass
 
-    async def handle_stream(self, request: web.Request) -> web.WebSocketResponse:
+    async def handle_stream(self, request: web.Request) -> web.StreamResponse:
+        # admission before the upgrade: a refused client gets a plain 503 + Retry-After that a load balancer
+        # can act on, and the slot is taken at once so that concurrent handshakes cannot overfill the server
+        refusal = self._refusal()
+        if refusal is not None:
+            self.metrics.stream_rejected("websocket")
+            return refusal.response()
+        self.active += 1
+        try:
+            return await self._serve_stream(request)
+        finally:
+            self.active -= 1
+
+    async def _serve_stream(self, request: web.Request) -> web.WebSocketResponse:
+        """An admitted stream (its slot in `active` already taken): upgrade, check the query, recognise."""
         # aiohttp itself drops a frame past the hard bound, unread; between our limit and it, the stream is
         # flushed and closed with a message (see _receive_loop)
         ws = web.WebSocketResponse(max_msg_size=HARD_FRAME_FACTOR * self.config.max_frame_bytes + 1)
@@ -187,16 +245,10 @@ class Server:
             latency, encoding = self.parse_params(request.query)
             endpoint = self.stream_endpoint(request.query)
         except StreamASRError as exc:
-            self.metrics.count("streams_rejected")
+            self.metrics.stream_rejected("websocket")
             await self._refuse(ws, str(exc), CLOSE_POLICY)
             return ws
-        refusal = self._admission()
-        if refusal is not None:
-            self.metrics.count("streams_rejected")
-            await self._refuse(ws, refusal, CLOSE_GOING_AWAY if not self.accepting else CLOSE_TRY_LATER)
-            return ws
-        self.active += 1
-        self.metrics.count("streams_total")
+        self.metrics.stream_opened("websocket")
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         session = StreamSession(self.model, latency, endpoint,
@@ -215,24 +267,37 @@ class Server:
             self.scheduler.remove(session)
             if not opened.sender.done():
                 opened.sender.cancel()
-            self.active -= 1
         return ws
 
     def _admission(self) -> str | None:
-        """Why a new stream is refused now, or None to admit it."""
+        """Why a new stream is refused now (a message for the client), or None to admit it."""
+        refusal = self._refusal()
+        return None if refusal is None else refusal.message
+
+    def _refusal(self) -> Refusal | None:
+        """Why a new stream is refused now, with its reason code and Retry-After, or None to admit it."""
         if not self.accepting:
-            return "the server is shutting down"
+            # this replica is going away: the client should go to another one, or come back after the restart
+            return Refusal("shutting_down", "the server is shutting down", int(LOAD_WINDOW_S))
         if self.active >= self.config.max_streams:
-            return f"server is full ({self.config.max_streams} streams); try again later"
+            return Refusal("full", f"server is full ({self.config.max_streams} streams); try again later",
+                           RETRY_FULL_S)
         projected = self.scheduler.projected_load(self.active)
         # an idle server always admits: the window may still hold the load of streams that have left
         if self.config.max_load < 1.0 and self.active > 0 and projected > self.config.max_load:
             # past this point every stream falls behind together (the scheduler is fair), so a new stream
             # is refused rather than making all the open ones late
-            return (f"server is at capacity: its scheduler was {100 * self.scheduler.load():.0f}% busy over the "
-                    f"last {LOAD_WINDOW_S:g} s with {self.active} streams, about {100 * projected:.0f}% with one "
-                    f"more (--max-load {self.config.max_load:g}); try again later")
+            return Refusal("at_capacity", (
+                f"server is at capacity: its scheduler was {100 * self.scheduler.load():.0f}% busy over the "
+                f"last {LOAD_WINDOW_S:g} s with {self.active} streams, about {100 * projected:.0f}% with one "
+                f"more (--max-load {self.config.max_load:g}); try again later"), self._load_retry_after_s(projected))
         return None
+
+    def _load_retry_after_s(self, projected: float) -> int:
+        """Seconds until the load window may have room: the further over --max-load, the longer (the window
+        forgets a busy spell within LOAD_WINDOW_S), between 1 and LOAD_WINDOW_S."""
+        over = (projected - self.config.max_load) / max(projected, 1e-9)
+        return max(1, min(int(LOAD_WINDOW_S), math.ceil(over * LOAD_WINDOW_S)))
 
     async def _send_loop(self, ws: web.WebSocketResponse, queue: asyncio.Queue, opened: "_OpenStream") -> None:
         try:

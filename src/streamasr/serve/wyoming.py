@@ -61,6 +61,8 @@ MAX_DATA_BYTES = 1 << 20
 MAX_RATE = 384_000
 MAX_CHANNELS = 32
 PROGRAM_NAME = "streamasr"
+#: the `protocol` label of Wyoming requests in /metrics
+METRICS_PROTOCOL = "wyoming"
 LANGUAGES = ["en"]
 
 
@@ -410,7 +412,7 @@ class _Connection:
     def _start(self, fmt: AudioFormat) -> None:
         refusal = self.server._admission()
         if refusal is not None:
-            self.server.metrics.count("streams_rejected")
+            self.server.metrics.stream_rejected(METRICS_PROTOCOL)
             raise WyomingError(refusal, "server-busy")
         loop = asyncio.get_running_loop()
 
@@ -436,7 +438,7 @@ class _Connection:
                                                  quality="HQ")
         self.session = session
         self.server.active += 1
-        self.server.metrics.count("streams_total")
+        self.server.metrics.stream_opened(METRICS_PROTOCOL)
         self.server.scheduler.add(session)
         self.out.put_nowait(("event", Event("transcript-start", {"language": LANGUAGES[0]})))
 
