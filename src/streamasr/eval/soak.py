@@ -85,8 +85,9 @@ async def soak_client(url: str, audio: np.ndarray, duration: float, block: int, 
             if i / rate >= current().start_s + window_s:
                 current().rss_mb = current_rss_bytes(server_pid) / 1e6
                 windows.append(Window(current().start_s + window_s))
-            start = i % audio.size
-            piece = audio[start : start + block]
+            # every block is whole, wrapping around the loop's end: a short block at the wrap would make the
+            # count of samples sent run ahead of what the server received, a latency that grows per loop
+            piece = audio[np.arange(i, min(i + block, total)) % audio.size]
             await ws.send_bytes(encode_pcm(piece))
             clock.sent(i + piece.size)
         if not ws.closed:
