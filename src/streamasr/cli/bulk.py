@@ -26,14 +26,13 @@ import argparse
 import contextlib
 import glob
 import json
-import os
 import sys
 import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from streamasr.cli.common import random_build_progress
+from streamasr.cli.common import prepare_output_dir, random_build_progress
 from streamasr.errors import ModelError, StreamASRError
 from streamasr.formats import EXTENSIONS
 from streamasr.model_config import ModelConfig
@@ -138,16 +137,7 @@ def _check_args(args: argparse.Namespace) -> Path:
         raise StreamASRError("--threads must be at least 1")
     if args.format is None:
         args.format = "text"
-    out = Path(args.output_dir)
-    if out.exists() and not out.is_dir():
-        raise StreamASRError(f"--output-dir {out} exists and is not a directory")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StreamASRError(f"cannot create --output-dir {out}: {exc.strerror or exc}") from None
-    if not os.access(out, os.W_OK):
-        raise StreamASRError(f"--output-dir {out} is not writable")
-    return out
+    return prepare_output_dir(args.output_dir)
 
 
 def _resolve(args: argparse.Namespace) -> tuple[Path, int]:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
+from pathlib import Path
 
 from streamasr.convert.random_model import RANDOM_PREFIX
-from streamasr.errors import ModelError
+from streamasr.errors import ModelError, StreamASRError
 from streamasr.model_store import DEFAULT_MODEL, Progress, resolve_model
 from streamasr.runtime import Model
 
@@ -73,3 +75,18 @@ class LiveLine:
         printed = self.mode == "append"
         self.shown = ""
         return printed
+
+
+def prepare_output_dir(path: str | Path) -> Path:
+    """`--output-dir`, created if needed, or one clear error (a file there, not creatable, not writable)
+    before any transcription starts."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise StreamASRError(f"--output-dir {out} exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StreamASRError(f"cannot create --output-dir {out}: {exc.strerror or exc}") from None
+    if not os.access(out, os.W_OK):
+        raise StreamASRError(f"--output-dir {out} is not writable")
+    return out

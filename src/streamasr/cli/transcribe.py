@@ -18,7 +18,7 @@ from pathlib import Path
 
 from streamasr.audio import iter_audio, iter_pcm, open_audio_file, stream_resample
 from streamasr.cli import bulk
-from streamasr.cli.common import LiveLine, add_model_arg, load_model
+from streamasr.cli.common import LiveLine, add_model_arg, load_model, prepare_output_dir
 from streamasr.errors import StreamASRError
 from streamasr.formats import EXTENSIONS, Segment, SegmentCollector, render
 from streamasr.runtime import Model, Result
@@ -142,15 +142,7 @@ def check_inputs(args: argparse.Namespace) -> None:
     if args.output_dir is not None:
         if args.format is None:
             args.format = "text"
-        out = Path(args.output_dir)
-        if out.exists() and not out.is_dir():
-            raise StreamASRError(f"--output-dir {out} exists and is not a directory")
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StreamASRError(f"cannot create --output-dir {out}: {exc.strerror or exc}") from None
-        if not os.access(out, os.W_OK):
-            raise StreamASRError(f"--output-dir {out} is not writable")
+        prepare_output_dir(args.output_dir)
     elif args.format in ("srt", "vtt", "tsv") and len(args.audio) > 1:
         raise StreamASRError(f"{len(args.audio)} inputs would print their {args.format} files one after another on "
                              "stdout; give --output-dir DIR to write one file per input")
