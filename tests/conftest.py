@@ -72,21 +72,55 @@ def loaded_tiny(tiny_model_dir):
 
 
 def nemo_factory(cfg: dict):
+    """NeMo builds the model of the config's class (a prompt model is EncDecRNNTBPEModelWithPrompt)."""
     import torch
     from nemo.collections.asr.models import EncDecRNNTBPEModel
+    from nemo.collections.asr.models.rnnt_bpe_models_prompt import (
+        EncDecRNNTBPEModelWithPrompt,
+    )
     from omegaconf import OmegaConf
 
     torch.manual_seed(0)
-    return EncDecRNNTBPEModel(cfg=OmegaConf.create(cfg)).eval()
+    cls = EncDecRNNTBPEModelWithPrompt if cfg["target"].endswith("WithPrompt") else EncDecRNNTBPEModel
+    return cls(cfg=OmegaConf.create(cfg)).eval()
+
+
+_NEMO_BUILT: dict[str, dict] = {}
+
+
+def nemo_built_model(name: str, tmp_path_factory, tuning_speech) -> dict:
+    """A random model built, saved and restored by NeMo itself and converted by streamasr; built once per
+    session whichever fixture asks first."""
+    if name not in _NEMO_BUILT:
+        from streamasr.eval.nemo_reference import load_nemo_model
+        from streamasr.runtime import Model
+
+        nemo_path, model_dir, report = _build(tmp_path_factory.mktemp(name), name, tuning_speech,
+                                              nemo_factory=nemo_factory)
+        _NEMO_BUILT[name] = {"name": name, "nemo_path": nemo_path, "nemo": load_nemo_model(nemo_path),
+                             "model": Model.load_dir(model_dir, threads=1), "model_dir": model_dir, "report": report}
+    return _NEMO_BUILT[name]
 
 
 @pytest.fixture(scope="session", params=["tiny-a", "tiny-b"])
 def nemo_built(request, tmp_path_factory, tuning_speech):
     """A random model built, saved and restored by NeMo itself; converted by streamasr."""
-    from streamasr.eval.nemo_reference import load_nemo_model
-    from streamasr.runtime import Model
+    return nemo_built_model(request.param, tmp_path_factory, tuning_speech)
 
-    nemo_path, model_dir, report = _build(tmp_path_factory.mktemp(request.param), request.param, tuning_speech,
-                                          nemo_factory=nemo_factory)
-    return {"name": request.param, "nemo_path": nemo_path, "nemo": load_nemo_model(nemo_path),
-            "model": Model.load_dir(model_dir, threads=1), "model_dir": model_dir, "report": report}
+
+@pytest.fixture(scope="session", params=["tiny-ml-a", "tiny-ml-b"])
+def nemo_prompt_built(request, tmp_path_factory, tuning_speech):
+    """A random multilingual prompt model (EncDecRNNTBPEModelWithPrompt) built by NeMo, converted by streamasr."""
+    return nemo_built_model(request.param, tmp_path_factory, tuning_speech)
+
+
+@pytest.fixture(scope="session")
+def tiny_c_built(tmp_path_factory, tuning_speech):
+    """tiny-c (no joint dropout, one LSTM layer, batch norm, tied biases) built by NeMo, converted by streamasr."""
+    return nemo_built_model("tiny-c", tmp_path_factory, tuning_speech)
+
+
+@pytest.fixture(scope="session")
+def prompt_model_dir(tmp_path_factory, tuning_speech) -> Path:
+    """The converted model directory of a small random multilingual prompt model (tiny-ml-a)."""
+    return nemo_built_model("tiny-ml-a", tmp_path_factory, tuning_speech)["model_dir"]

@@ -63,15 +63,19 @@ class Segment:
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     reason: str = ""
+    language: str | None = None  # a multilingual model's language of this utterance
 
     def to_openai(self, index: int) -> dict:
         """The SDK's `TranscriptionSegment`, every field present (a client with strict validation rejects a
         segment that lacks one)."""
         avg = sum(self.logprobs) / len(self.logprobs) if self.logprobs else 0.0
-        return {"id": index, "seek": int(round(self.start * 100)), "start": self.start, "end": self.end,
-                "text": self.text, "tokens": list(self.tokens), "temperature": 0.0,
-                "avg_logprob": round(avg, 6), "compression_ratio": round(compression_ratio(self.text), 4),
-                "no_speech_prob": 0.0}
+        out = {"id": index, "seek": int(round(self.start * 100)), "start": self.start, "end": self.end,
+               "text": self.text, "tokens": list(self.tokens), "temperature": 0.0,
+               "avg_logprob": round(avg, 6), "compression_ratio": round(compression_ratio(self.text), 4),
+               "no_speech_prob": 0.0}
+        if self.language is not None:  # ours: a multilingual model's language of the segment
+            out["language"] = self.language
+        return out
 
 
 def compression_ratio(text: str) -> float:
@@ -87,7 +91,7 @@ def segment_from_final(final: dict, tokens: Sequence[Any] = ()) -> Segment:
              for w in final.get("words", [])]
     return Segment(text=final["text"], start=float(final["start_s"]), end=float(final["end_s"]), words=words,
                    tokens=[int(t.id) for t in tokens], logprobs=[float(t.logprob) for t in tokens],
-                   reason=final.get("reason", ""))
+                   reason=final.get("reason", ""), language=final.get("language"))
 
 
 class SegmentCollector:

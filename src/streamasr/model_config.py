@@ -131,6 +131,9 @@ class ModelConfig:
     quantization: dict[str, Any] = field(default_factory=lambda: {"method": "fp32"})
     size_bytes: int = 0
     optimization: dict[str, Any] = field(default_factory=dict)  # offline fusions (convert/optimize.py)
+    # a prompt model's languages (the checkpoint's prompt dictionary, locale -> prompt slot); {} without a prompt
+    languages: dict[str, int] = field(default_factory=dict)
+    default_language: str = ""
 
     @property
     def frame_seconds(self) -> float:
@@ -283,6 +286,10 @@ def _check_values(config: ModelConfig) -> None:
         raise ConfigProblem(f"encoder.d_model ({enc.d_model}) is not a multiple of encoder.n_heads ({enc.n_heads})")
     if not enc.latency_modes:
         raise ConfigProblem("encoder.latency_modes is empty")
+    if config.languages and config.default_language not in config.languages:
+        raise ConfigProblem(f"default_language {config.default_language!r} is not one of languages")
+    if not config.languages and config.default_language:
+        raise ConfigProblem(f"default_language {config.default_language!r} for a model without languages")
     modes = [m.latency_ms for m in enc.latency_modes]
     if enc.default_latency_ms not in modes:
         raise ConfigProblem(f"encoder.default_latency_ms ({enc.default_latency_ms}) is not one of "

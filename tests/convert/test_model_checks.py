@@ -39,8 +39,8 @@ def tiny_b_graphs(tmp_path_factory) -> Path:
     model size than the tiny-a of `tiny_model_dir`. Exported straight from random weights: no tuning needed."""
     out = tmp_path_factory.mktemp("tiny-b-graphs")
     spec = ARCHITECTURES["tiny-b"]
-    arch = parse_architecture(nemo_config(spec, "tokenizer"), spec.vocab_size)
     sd = random_state_dict(spec)
+    arch = parse_architecture(nemo_config(spec, "tokenizer"), sd)
     export_encoder(arch, sd, out / "encoder.onnx")
     export_decoder(arch, sd, out / "decoder.onnx")
     return out

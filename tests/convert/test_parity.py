@@ -82,8 +82,9 @@ def test_verify_command_reports_pass(nemo_built, speech_manifest, capsys):
     assert [(r[0], r[2]) for r in rows] == [("| int8", "160 ms"), ("| int8", "560 ms"),
                                             ("| int4-kquant:128", "160 ms"), ("| int4-kquant:128", "560 ms")]
     for r in rows:
-        assert 0 <= float(r[3]) <= 1 and 0 < float(r[7]) < 1 and 0.5 < float(r[8]) < 1  # agreement, rel err, cosine
-    int8_err, int4_err = float(rows[1][7]), float(rows[3][7])
+        assert r[3] == "-"  # no language: an English model
+        assert 0 <= float(r[4]) <= 1 and 0 < float(r[8]) < 1 and 0.5 < float(r[9]) < 1  # agreement, rel err, cosine
+    int8_err, int4_err = float(rows[1][8]), float(rows[3][8])
     assert int8_err < int4_err
     variant = nemo_built["model_dir"].with_name(nemo_built["model_dir"].name + ".int4-kquant-b128")
     assert ModelConfig.load(variant).quantization["block_size"] == 128

@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import sys
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterable
 
 import aiohttp
@@ -60,6 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--url", default="ws://127.0.0.1:8080", help="server address (default: %(default)s)")
     p.add_argument("--latency", type=int, default=None, help="latency mode in ms (default: the server's model's)")
     p.add_argument("--encoding", default="pcm_s16le", choices=["pcm_s16le", "pcm_f32le"])
+    p.add_argument("--language", default=None, help="a multilingual server model's language (a locale key or auto)")
     p.add_argument("--fast", action="store_true", help="send a file as fast as possible instead of in real time")
     p.add_argument("--json", action="store_true", help="print every server message as a JSON line")
     p.set_defaults(func=cmd_client)
@@ -67,6 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("mic", help="transcribe the default microphone live in the terminal")
     add_model_arg(p)
     p.add_argument("--latency", type=int, default=None)
+    p.add_argument("--language", default=None, help="a multilingual model's language (a locale key or auto)")
     _add_endpoint_args(p)
     p.add_argument("--allow-random", action="store_true")
     p.add_argument("--file", default=None, help=argparse.SUPPRESS)  # a file through exactly the mic path (tests)
@@ -172,6 +175,8 @@ def cmd_client(args: argparse.Namespace) -> int:
     if bool(args.audio) == bool(args.mic):
         raise StreamASRError("give an audio FILE or --mic")
     url = stream_url(args.url, args.latency, args.encoding)
+    if args.language:
+        url += "&language=" + urllib.parse.quote(args.language)
     printer = _Printer(args.json)
     if args.mic:
         blocks = _mic_blocks_async()
@@ -202,7 +207,7 @@ async def _mic_blocks_async() -> AsyncIterator[np.ndarray]:
 
 
 def run_live(model: Model, latency: int, blocks: Iterable[np.ndarray], endpoint: EndpointConfig,
-             on_event: Callable[[dict], None]) -> None:
+             on_event: Callable[[dict], None], language: str | None = None) -> None:
     """The `mic` path: blocks of float32 samples -> the server's partial/final events, from the runtime's
     endpointer after every chunk (the same rules and events as `serve`)."""
     partial = ""
@@ -220,7 +225,7 @@ def run_live(model: Model, latency: int, blocks: Iterable[np.ndarray], endpoint:
             partial = text
             on_event({"type": "partial", "text": text})
 
-    stream = model.stream(latency, on_chunk=after_chunk)
+    stream = model.stream(latency, on_chunk=after_chunk, language=language)
     endpointer = Endpointer(stream, endpoint)
     for block in blocks:
         endpointer.accept_audio(block)
@@ -235,10 +240,11 @@ def cmd_mic(args: argparse.Namespace) -> int:
     endpoint = _endpoint(args)
     model = load_model(args, allow_random=args.allow_random)
     latency = model.latency(args.latency)
+    language = model.language(args.language)
     printer = _Printer(False)
     if args.file:  # hidden: feed a file through exactly the microphone path (tests)
         x = read_audio(args.file, model.sample_rate)
-        run_live(model, latency, (x[i : i + 1600] for i in range(0, x.size, 1600)), endpoint, printer)
+        run_live(model, latency, (x[i : i + 1600] for i in range(0, x.size, 1600)), endpoint, printer, language)
         return 0
     stream, queue = open_microphone(model.sample_rate, model.sample_rate // 10)
     print("listening (Ctrl-C to stop)", file=sys.stderr, flush=True)
@@ -251,7 +257,7 @@ def cmd_mic(args: argparse.Namespace) -> int:
             return
 
     try:
-        run_live(model, latency, blocks(), endpoint, printer)
+        run_live(model, latency, blocks(), endpoint, printer, language)
     finally:
         stream.stop()
     return 0

@@ -18,7 +18,15 @@ from pathlib import Path
 
 from streamasr.audio import iter_audio, iter_pcm, open_audio_file, stream_resample
 from streamasr.cli import bulk
-from streamasr.cli.common import LiveLine, add_model_arg, load_model, prepare_output_dir
+from streamasr.cli.common import (
+    LiveLine,
+    add_fusion_args,
+    add_model_arg,
+    fusion_options,
+    load_model,
+    prepare_output_dir,
+    read_fusion_args,
+)
 from streamasr.errors import StreamASRError
 from streamasr.formats import EXTENSIONS, Segment, SegmentCollector, render
 from streamasr.runtime import Model, Result
@@ -32,10 +40,15 @@ FORMATS = ("text", "json", "srt", "vtt", "tsv")
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("transcribe", help="transcribe audio files (or raw PCM on stdin) in streaming mode")
-    p.add_argument("audio", nargs="+", help="audio files (WAV/FLAC/OGG), or - for raw PCM on stdin; with "
+    p.add_argument("audio", nargs="*", help="audio files (WAV/FLAC/OGG), or - for raw PCM on stdin; with "
                    "--engine ray: a manifest (.jsonl with \"audio\" paths relative to it), a folder or a glob")
     add_model_arg(p)
-    p.add_argument("--latency", type=int, default=None, help="latency mode in ms (default: the model's, 560)")
+    p.add_argument("--latency", type=int, default=None, help="latency mode in ms (default: the model's)")
+    p.add_argument("--language", default=None, metavar="LOCALE",
+                   help="a multilingual model's language (a key of its prompt dictionary, e.g. de-DE, or auto: "
+                        "the model picks and tags each segment); default en-US")
+    p.add_argument("--list-languages", action="store_true",
+                   help="print the languages the model offers (and its latency modes) and exit")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="one JSON object per input on stdout (tokens and times)")
     out.add_argument("--format", choices=FORMATS, default=None,
@@ -58,11 +71,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --engine ray: an existing cluster (ray://HOST:10001 or auto); default: a local one")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="with --engine ray: worker actors, one model each (default: the cluster's CPUs / --threads)")
+    add_fusion_args(p)
     p.set_defaults(func=cmd_transcribe)
 
 
 def transcribe_blocks(model: Model, blocks, latency: int, live: LiveLine, nemo_compat: bool,
-                      endpoint: EndpointConfig | None = None) -> tuple[Result, float, list[Segment]]:
+                      endpoint: EndpointConfig | None = None,
+                      fusion: dict | None = None, language: str | None = None) -> tuple[Result, float, list[Segment]]:
     """Stream the blocks through one stream, showing the text as it grows; (result, seconds of compute,
     segments). With `endpoint`, an Endpointer follows the stream through its `on_chunk` observer (as `mic`
     and the server do: after every chunk, then the last final at the end) and its finals become the
@@ -73,7 +88,8 @@ def transcribe_blocks(model: Model, blocks, latency: int, live: LiveLine, nemo_c
     def after_chunk(chunk: EncodedChunk, tokens: list[Token]) -> None:
         finals.extend(endpointer.update())
 
-    stream = model.stream(latency, nemo_compat=nemo_compat, on_chunk=after_chunk if endpoint else None)
+    stream = model.stream(latency, nemo_compat=nemo_compat, on_chunk=after_chunk if endpoint else None,
+                          language=language, **(fusion or {}))
     if endpoint is not None:
         endpointer = Endpointer(stream, endpoint)
     t0 = time.perf_counter()
@@ -94,10 +110,25 @@ def transcribe_blocks(model: Model, blocks, latency: int, live: LiveLine, nemo_c
     return result, time.perf_counter() - t0, segments
 
 
+def describe_languages(model: Model) -> str:
+    """`--list-languages`: the model's languages (keys sharing a prompt slot on one line) and latency modes."""
+    modes = ", ".join(f"{m} ms" + (" (default)" if m == model.config.encoder.default_latency_ms else "")
+                      for m in model.latency_modes)
+    if not model.languages:
+        return f"{model.config.model_id}: no language prompt (one language); latency modes: {modes}"
+    by_slot: dict[int, list[str]] = {}
+    for key, slot in model.languages.items():
+        by_slot.setdefault(slot, []).append(key)
+    lines = [f"{model.config.model_id}: {len(model.languages)} language keys in {len(by_slot)} prompt slots "
+             f"(default {model.default_language}); latency modes: {modes}"]
+    lines += [f"  {slot:3d}  {', '.join(keys)}" for slot, keys in sorted(by_slot.items())]
+    return "\n".join(lines)
+
+
 def render_document(fmt: str, result: Result, segments: list[Segment], to_file: bool) -> str:
     """The --format document of one input: `json` is OpenAI's verbose_json, indented in a file."""
     fmt = "verbose_json" if fmt == "json" else fmt
-    text = render(fmt, result.text.strip(), segments, result.audio_s)
+    text = render(fmt, result.text.strip(), segments, result.audio_s, language=result.language or "en")
     if fmt == "verbose_json" and to_file:
         text = json.dumps(json.loads(text), ensure_ascii=False, indent=1) + "\n"
     return text
@@ -161,13 +192,26 @@ def _write(path: Path, text: str) -> None:
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
+    if args.list_languages:
+        model = load_model(args, allow_random=True)
+        print(describe_languages(model))
+        return 0
+    if not args.audio:
+        raise StreamASRError("no audio given: name audio files (or - for raw PCM on stdin)")
     if args.engine == "ray":
+        if args.hotwords is not None or args.hotwords_file is not None or args.lm is not None:
+            raise StreamASRError("--hotwords, --hotwords-file and --lm are not available with --engine ray")
+        if args.language is not None:
+            raise StreamASRError("--language is not available with --engine ray")
         return bulk.cmd_bulk(args, transcribe_document, _write)
     if args.ray_address or args.workers is not None:
         raise StreamASRError("--ray-address and --workers need --engine ray")
     check_inputs(args)
+    phrases = read_fusion_args(args)
     model = load_model(args, allow_random=args.allow_random)
     latency = model.latency(args.latency)
+    language = model.language(args.language)
+    fusion = fusion_options(args, model, phrases)
     paths = output_paths(args)
     document = args.format not in (None, "text") or args.output_dir is not None
     for name in args.audio:
@@ -184,7 +228,8 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
             live = LiveLine("tty" if sys.stdout.isatty() and not args.json and args.format in (None, "text")
                             else "off")
         result, seconds, segments = transcribe_blocks(model, blocks, latency, live, args.nemo_compat,
-                                                      EndpointConfig() if document else None)
+                                                      EndpointConfig() if document or (args.json and model.languages) else None, fusion,
+                                                      language)
         if live.finish(result.text):
             continue
         if document:
@@ -198,6 +243,9 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         elif args.json:
             out = {"audio": name, **result.to_dict(), "processing_s": round(seconds, 4),
                    "rtfx": round(result.audio_s / seconds, 2) if seconds > 0 else None}
+            if result.language is not None:  # each utterance's language (auto mode: as the model tagged it)
+                out["segments"] = [{"text": s.text, "start_s": s.start, "end_s": s.end, "language": s.language}
+                                   for s in segments if s.text]
             print(json.dumps(out, ensure_ascii=False), flush=True)
         else:
             prefix = f"{name}: " if len(args.audio) > 1 else ""

@@ -15,7 +15,12 @@ from typing import Any, Callable
 import numpy as np
 
 from streamasr import __version__
-from streamasr.convert.architecture import Architecture, parse_architecture
+from streamasr.convert.architecture import (
+    Architecture,
+    ReadTracker,
+    parse_architecture,
+    unused_weights,
+)
 from streamasr.convert.nemo_file import NemoCheckpoint
 from streamasr.convert.torch_modules import (
     EncoderStep,
@@ -56,18 +61,19 @@ def _export(module, args: tuple, path: Path, inputs: list[str], outputs: list[st
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def export_encoder(arch: Architecture, sd: dict[str, Any], path: Path) -> None:
+def export_encoder(arch: Architecture, sd: dict[str, Any], path: Path, module: EncoderStep | None = None) -> None:
+    """Write encoder.onnx from the state dict (or from `module`, already built from it)."""
     import torch
 
     enc = arch.encoder
-    module = EncoderStep(arch, sd).eval()
+    module = module if module is not None else EncoderStep(arch, sd).eval()
     mode = enc.latency_modes[0]
     width = enc.pre_encode_cache + enc.subsampling_factor * (mode.right_context + 1)
     caches = initial_inputs(arch)
     caches[0][0] = 3  # a non-zero cache_len, so that tracing sees the general case
     args = (torch.zeros(1, width, arch.frontend.n_mels), torch.tensor(enc.drop_extra_pre_encoded, dtype=torch.int64),
             *caches)
-    inputs = encoder_input_names(enc.n_layers)
+    inputs = encoder_input_names(enc.n_layers, prompt=bool(arch.num_prompts))
     b = {0: "batch"}
     dynamic = {name: b for name in inputs[2:]}
     dynamic["mel"] = {0: "batch", 1: "mel_frames"}
@@ -76,7 +82,7 @@ def export_encoder(arch: Architecture, sd: dict[str, Any], path: Path) -> None:
     _export(module, args, path, inputs, ENCODER_OUTPUTS, dynamic)
 
 
-def export_decoder(arch: Architecture, sd: dict[str, Any], path: Path) -> None:
+def export_decoder(arch: Architecture, sd: dict[str, Any], path: Path, module: PredictionStep | None = None) -> None:
     import torch
 
     dec = arch.decoder
@@ -84,7 +90,8 @@ def export_decoder(arch: Architecture, sd: dict[str, Any], path: Path) -> None:
     args = (torch.tensor([dec.blank_id], dtype=torch.int64), state, state.clone())
     dynamic = {"label": {0: "batch"}, "h": {1: "batch"}, "c": {1: "batch"},
                "pred_proj": {0: "batch"}, "h_next": {1: "batch"}, "c_next": {1: "batch"}}
-    _export(PredictionStep(arch, sd).eval(), args, path, ["label", "h", "c"], ["pred_proj", "h_next", "c_next"], dynamic)
+    module = module if module is not None else PredictionStep(arch, sd).eval()
+    _export(module, args, path, ["label", "h", "c"], ["pred_proj", "h_next", "c_next"], dynamic)
 
 
 def export_joint(arch: Architecture, sd: dict[str, Any], path: Path) -> None:
@@ -93,8 +100,11 @@ def export_joint(arch: Architecture, sd: dict[str, Any], path: Path) -> None:
     j = arch.decoder.joint_hidden
     args = (torch.zeros(1, 4, j), torch.zeros(1, j))
     dynamic = {"encoded_proj": {0: "batch", 1: "frames"}, "pred_proj": {0: "batch"},
-               "best": {0: "batch", 1: "frames"}, "logprob": {0: "batch", 1: "frames"}}
-    _export(Joint(arch, sd).eval(), args, path, ["encoded_proj", "pred_proj"], ["best", "logprob"], dynamic)
+               "best": {0: "batch", 1: "frames"}, "logprob": {0: "batch", 1: "frames"},
+               "logits": {0: "batch", 1: "frames"}}
+    # `logits` (every label's score) is fetched only by fused decoding (hotwords, LM; runtime/decoder.py)
+    _export(Joint(arch, sd, with_logits=True).eval(), args, path, ["encoded_proj", "pred_proj"],
+            ["best", "logprob", "logits"], dynamic)
 
 
 def convert_checkpoint(ckpt: NemoCheckpoint, out_dir: Path, model_id: str, random_weights: bool = False,
@@ -109,22 +119,30 @@ def convert_checkpoint(ckpt: NemoCheckpoint, out_dir: Path, model_id: str, rando
     tok_cfg = cfg.get("tokenizer") or {}
     tokenizer = ckpt.artifact(tok_cfg.get("model_path"), "tokenizer.model")
     sp = spm.SentencePieceProcessor(model_proto=tokenizer)
-    if "joint.joint_net.2.weight" not in sd:
-        raise ModelError("checkpoint has no RNN-T joint (joint.joint_net.2.weight); only RNN-T models are supported")
-    vocab = sd["joint.joint_net.2.weight"].shape[0] - 1
+    arch = parse_architecture(cfg, sd)
+    vocab = arch.decoder.vocab_size
     if sp.get_piece_size() != vocab:
         raise ModelError(f"tokenizer has {sp.get_piece_size()} pieces but the joint predicts {vocab} labels + blank")
     for key in ("preprocessor.featurizer.window", "preprocessor.featurizer.fb"):
         if key not in sd:
             raise ModelError(f"checkpoint lacks {key}; cannot reproduce its front end")
-    arch = parse_architecture(cfg, vocab)
+    # every weight must end up in a graph: build the modules first and refuse what none of them reads
+    tracked = ReadTracker(sd)
+    encoder, prediction = EncoderStep(arch, tracked).eval(), PredictionStep(arch, tracked).eval()
+    Joint(arch, tracked)
+    unused = unused_weights(sd, tracked.read)
+    if unused:
+        shown = ", ".join(unused[:6]) + (f" and {len(unused) - 6} more" if len(unused) > 6 else "")
+        raise ModelError(f"unsupported model: the checkpoint has weights streamasr does not convert ({shown}); "
+                         "converting without them would compute something else")
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report("exporting ONNX (encoder)")
-    export_encoder(arch, sd, out_dir / "encoder.onnx")
+    export_encoder(arch, sd, out_dir / "encoder.onnx", encoder)
+    del encoder
     report("exporting ONNX (decoder, joint)")
-    export_decoder(arch, sd, out_dir / "decoder.onnx")
+    export_decoder(arch, sd, out_dir / "decoder.onnx", prediction)
     export_joint(arch, sd, out_dir / "joint.onnx")
     np.savez(out_dir / "frontend.npz",
              window=sd["preprocessor.featurizer.window"].float().numpy(),
@@ -142,5 +160,7 @@ def convert_checkpoint(ckpt: NemoCheckpoint, out_dir: Path, model_id: str, rando
         files={"encoder": "encoder.onnx", "decoder": "decoder.onnx", "joint": "joint.onnx",
                "frontend": "frontend.npz", "tokenizer": "tokenizer.model", "vocab": "vocab.txt"},
         quantization={"method": "fp32"},
+        languages=dict(arch.languages),
+        default_language=arch.default_language,
     )
     return config.save_sized(out_dir)

@@ -52,14 +52,16 @@ class TorchReference:
 
     @classmethod
     def from_state_dict(cls, nemo_cfg: dict[str, Any], state_dict: dict[str, Any]) -> "TorchReference":
-        vocab = state_dict["joint.joint_net.2.weight"].shape[0] - 1
-        return cls(parse_architecture(nemo_cfg, vocab), state_dict)
+        return cls(parse_architecture(nemo_cfg, state_dict), state_dict)
 
-    def encode(self, samples: np.ndarray, latency_ms: int | None = None) -> torch.Tensor:
-        """Encoder output (T, D) for a whole utterance, streamed in the given (default) latency mode."""
+    def encode(self, samples: np.ndarray, latency_ms: int | None = None, language: int | None = None) -> torch.Tensor:
+        """Encoder output (T, D) for a whole utterance, streamed in the given (default) latency mode; a prompt
+        model's output after its prompt for the `language` slot (default: the model's default language)."""
         enc = self.arch.encoder
         mode = enc.mode(latency_ms or enc.default_latency_ms)
-        stream = StreamingEncoder(self.backend, enc, mode, self.arch.frontend.n_mels)
+        if language is None and self.arch.num_prompts:
+            language = self.arch.languages[self.arch.default_language]
+        stream = StreamingEncoder(self.backend, enc, mode, self.arch.frontend.n_mels, language=language)
         mel = log_mel(self.arch.frontend, self.window, self.filterbank, samples)
         chunks = stream.finish(mel)
         return torch.from_numpy(np.concatenate([c.encoded for c in chunks]))

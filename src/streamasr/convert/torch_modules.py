@@ -169,10 +169,9 @@ class Attention(nn.Module):
         self.k = Linear(_t(sd, p + "linear_k.weight"), _opt(sd, p + "linear_k.bias"))
         self.v = Linear(_t(sd, p + "linear_v.weight"), _opt(sd, p + "linear_v.bias"))
         self.out = Linear(_t(sd, p + "linear_out.weight"), _opt(sd, p + "linear_out.bias"))
-        if arch.untie_biases:
-            u, v = _t(sd, p + "pos_bias_u"), _t(sd, p + "pos_bias_v")
-        else:
-            u, v = _t(sd, "encoder.pos_bias_u"), _t(sd, "encoder.pos_bias_v")
+        # with untie_biases=false NeMo shares one pair between the layers, and its state dict lists that pair
+        # under every layer: the layer's own entries are right either way
+        u, v = _t(sd, p + "pos_bias_u"), _t(sd, p + "pos_bias_v")
         self.pos_bias_u = nn.Parameter((u * scale).reshape(1, self.h, 1, self.dk), requires_grad=False)
         self.pos_bias_v = nn.Parameter((v * scale).reshape(1, self.h, 1, self.dk), requires_grad=False)
         pos = pe @ _t(sd, p + "linear_pos.weight").t()  # (R, D), R relative offsets, descending
@@ -267,6 +266,29 @@ class ConformerLayer(nn.Module):
         return self.norm_out(x), k_new, v_new, conv_next
 
 
+class LanguagePrompt(nn.Module):
+    """NeMo's language prompt (`PromptStreamingMixin`): each encoder frame concatenated with a one-hot
+    language vector, through Linear-ReLU-Linear, before the joint.
+
+    The one-hot part of the first Linear only selects a column, so it is folded into a per-language bias
+    (one row per prompt slot, the Linear's bias included): the graph gathers each stream's row, and streams
+    of different languages share a batch. The same function up to float rounding."""
+
+    def __init__(self, arch: Architecture, sd: dict[str, Any]):
+        super().__init__()
+        d = arch.encoder.d_model
+        w1 = _t(sd, "prompt_kernel.0.weight")  # (2D', D + P), input = [encoded ; one-hot]
+        self.first = Linear(w1[:, :d], None)
+        self.language_bias = nn.Parameter((w1[:, d:].t() + _t(sd, "prompt_kernel.0.bias")).contiguous(),
+                                          requires_grad=False)  # (P, 2D')
+        self.second = Linear(_t(sd, "prompt_kernel.2.weight"), _t(sd, "prompt_kernel.2.bias"))
+
+    def forward(self, x: torch.Tensor, language: torch.Tensor) -> torch.Tensor:
+        """x (B, T, D), language (B,) int64 prompt slots."""
+        bias = torch.index_select(self.language_bias, 0, language).unsqueeze(1)  # (B, 1, 2D')
+        return self.second(F.relu(self.first(x) + bias))
+
+
 class EncoderStep(nn.Module):
     """One streaming step: mel chunk + caches -> encoded frames (and their joint projection) + new cache entries.
 
@@ -274,8 +296,9 @@ class EncoderStep(nn.Module):
              (0 on a stream's first step, `drop_extra_pre_encoded` after); cache_len (B,) int64, valid cache
              frames; cache_start (B,) int64, the ring slot of the oldest frame (where the next frame goes);
              conv_cache (B, L, K-1, D); then k_cache_0..k_cache_{L-1} and v_cache_0..v_cache_{L-1}, each
-             (B, H, left, d_k): one input per layer, so the graph reads the caller's arrays in place.
-    Outputs: encoded (B, T, D), encoded_proj (B, T, joint_hidden), k_new and v_new (B, L, H, T, d_k), this
+             (B, H, left, d_k): one input per layer, so the graph reads the caller's arrays in place; a prompt
+             model then takes language (B,) int64, each stream's prompt slot.
+    Outputs: encoded (B, T, D) (after the language prompt, for a prompt model), encoded_proj (B, T, joint_hidden), k_new and v_new (B, L, H, T, d_k), this
              step's keys and values for the caller to write into the rings at cache_start, conv_cache_next.
     """
 
@@ -294,6 +317,7 @@ class EncoderStep(nn.Module):
         self.layers = nn.ModuleList(ConformerLayer(arch, sd, i, pe) for i in range(enc.n_layers))
         if enc.max_step_frames > self.left:
             raise ValueError("a step longer than the attention cache would overwrite its own frames in the ring")
+        self.prompt = LanguagePrompt(arch, sd) if arch.num_prompts else None
         self.joint_enc = Linear(_t(sd, "joint.enc.weight"), _opt(sd, "joint.enc.bias"))
 
     def shapes(self, x: torch.Tensor) -> StepShapes:
@@ -311,7 +335,7 @@ class EncoderStep(nn.Module):
                           new_index=torch.arange(self.left, self.left + steps), conv_index=views)
 
     def forward(self, mel, drop, cache_len, cache_start, conv_cache, *kv):
-        k_cache, v_cache = kv[: self.n_layers], kv[self.n_layers :]
+        k_cache, v_cache = kv[: self.n_layers], kv[self.n_layers : 2 * self.n_layers]
         x = self.pre_encode(mel)
         x = x[:, drop:]
         if self.xscale is not None:
@@ -331,6 +355,8 @@ class EncoderStep(nn.Module):
             k_new.append(k)
             v_new.append(v)
             c_out.append(c_next)
+        if self.prompt is not None:
+            x = self.prompt(x, kv[2 * self.n_layers])
         return (x, self.joint_enc(x), torch.stack(k_new, dim=1), torch.stack(v_new, dim=1),
                 torch.stack(c_out, dim=1))
 
@@ -365,25 +391,30 @@ class Joint(nn.Module):
     """Joint network over all remaining frames of a chunk for one prediction output.
 
     encoded_proj (B, T, J), pred_proj (B, J) -> best label per frame (B, T) int64 (ties -> lowest id,
-    as torch.argmax) and that label's log-probability (B, T), used for confidence.
+    as torch.argmax) and that label's log-probability (B, T), used for confidence. With `with_logits` (the
+    exported graph) also every label's logit (B, T, V+1), fetched only by fused decoding (hotwords, LM).
     """
 
-    def __init__(self, arch: Architecture, sd: dict[str, Any]):
+    def __init__(self, arch: Architecture, sd: dict[str, Any], with_logits: bool = False):
         super().__init__()
-        self.out = Linear(_t(sd, "joint.joint_net.2.weight"), _opt(sd, "joint.joint_net.2.bias"))
+        self.out = Linear(_t(sd, arch.joint_out + ".weight"), _opt(sd, arch.joint_out + ".bias"))
+        self.with_logits = with_logits
 
     def forward(self, encoded_proj, pred_proj):
         logits = self.out(F.relu(encoded_proj + pred_proj.unsqueeze(1)))
         best = torch.argmax(logits, dim=-1)
         logp = torch.max(logits, dim=-1).values - torch.logsumexp(logits, dim=-1)
+        if self.with_logits:
+            return best, logp, logits
         return best, logp
 
 
 def initial_inputs(arch: Architecture, batch: int = 1) -> tuple[torch.Tensor, ...]:
     """An empty stream's cache inputs in the encoder step's order: cache_len, cache_start, conv_cache, then
-    the per-layer k and v rings."""
+    the per-layer k and v rings (and a prompt model's language slots)."""
     shapes = cache_shapes(arch.encoder, batch)
     n = arch.encoder.n_layers
     rings = [torch.zeros(shapes["k_cache"]) for _ in range(n)] + [torch.zeros(shapes["v_cache"]) for _ in range(n)]
     zero = torch.zeros(batch, dtype=torch.int64)
-    return (zero, zero.clone(), torch.zeros(shapes["conv_cache"]), *rings)
+    language = (zero.clone(),) if arch.num_prompts else ()
+    return (zero, zero.clone(), torch.zeros(shapes["conv_cache"]), *rings, *language)

@@ -12,7 +12,7 @@ does depend on the decoder emitting a realistic number of tokens, which the spee
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -35,6 +35,7 @@ class NemoRun:
     processing_s: float
     steps: int
     tokens: int
+    token_ids: list[int] = field(default_factory=list)
 
 
 def load_nemo_baseline(source: str, threads: int):
@@ -85,4 +86,5 @@ def nemo_once(model, samples: np.ndarray, right_context: int, sample_rate: int =
     """One timed pass of NeMo's streaming loop over `samples`."""
     t0 = time.perf_counter()
     out = nemo_streaming(model, samples, right_context)
-    return NemoRun(samples.size / sample_rate, time.perf_counter() - t0, len(out.chunk_encodings), len(out.token_ids))
+    return NemoRun(samples.size / sample_rate, time.perf_counter() - t0, len(out.chunk_encodings), len(out.token_ids),
+                   list(out.token_ids))

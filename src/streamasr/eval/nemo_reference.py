@@ -53,24 +53,45 @@ def _configure(model, right_context: int) -> None:
     model.change_decoding_strategy(decoding, verbose=False)
 
 
-def nemo_streaming(model, samples: np.ndarray, right_context: int) -> NemoStreamingOutput:
-    """Stream `samples` (float32, 16 kHz mono) through NeMo in the mode [left, right_context]."""
+def nemo_streaming(model, samples: np.ndarray, right_context: int, language: str | None = None,
+                   switch: dict[int, str] | None = None) -> NemoStreamingOutput:
+    """Stream `samples` (float32, 16 kHz mono) through NeMo in the mode [left, right_context].
+
+    For a prompt model, `language` is set with NeMo's `set_inference_prompt` before the first step and
+    `switch` maps a step index to the language set before that step; the recorded encodings are then the
+    prompt's output (what the joint sees)."""
     import torch
     from nemo.collections.asr.parts.utils.streaming_utils import (
         CacheAwareStreamingAudioBuffer,
     )
 
     _configure(model, right_context)
+    prompt = bool(getattr(model, "concat", False))
+    if prompt:
+        model.set_inference_prompt(language or "en-US")
+    elif language is not None or switch:
+        raise ModelError("a language was given for a NeMo model without a language prompt")
     recorded: list[np.ndarray] = []
+    lengths: list[int] = []
     original = model.encoder.cache_aware_stream_step
+    original_prompt = model._apply_prompt_to_encoded
 
     def recording_step(*args, **kwargs):
         out = original(*args, **kwargs)
         encoded, encoded_len = out[0], out[1]
-        recorded.append(encoded[0, :, : int(encoded_len[0])].transpose(0, 1).detach().cpu().numpy().copy())
+        lengths.append(int(encoded_len[0]))
+        if not prompt:
+            recorded.append(encoded[0, :, : lengths[-1]].transpose(0, 1).detach().cpu().numpy().copy())
+        return out
+
+    def recording_prompt(encoded):
+        out = original_prompt(encoded)
+        recorded.append(out[0, :, : lengths[-1]].transpose(0, 1).detach().cpu().numpy().copy())
         return out
 
     model.encoder.cache_aware_stream_step = recording_step
+    if prompt:
+        model._apply_prompt_to_encoded = recording_prompt
     try:
         buffer = CacheAwareStreamingAudioBuffer(model=model, online_normalization=False, pad_and_drop_preencoded=False)
         buffer.append_audio(np.asarray(samples, dtype=np.float32))
@@ -79,6 +100,8 @@ def nemo_streaming(model, samples: np.ndarray, right_context: int) -> NemoStream
         pred_out = None
         with torch.inference_mode():
             for step, (chunk, length) in enumerate(buffer):
+                if switch and step in switch:
+                    model.set_inference_prompt(switch[step])
                 pred_out, _texts, cache_ch, cache_t, cache_len, hyps = model.conformer_stream_step(
                     processed_signal=chunk,
                     processed_signal_length=length,
@@ -93,6 +116,8 @@ def nemo_streaming(model, samples: np.ndarray, right_context: int) -> NemoStream
                 )
     finally:
         del model.encoder.cache_aware_stream_step
+        if prompt:
+            del model._apply_prompt_to_encoded
     hyp = hyps[0] if hyps else None
     ids = [int(t) for t in hyp.y_sequence] if hyp is not None else []
     frames = [int(t) for t in hyp.timestamp] if hyp is not None and len(hyp.timestamp) == len(ids) else []

@@ -10,6 +10,12 @@ Two flavours, both built on the `whisper-normalizer` package (a packaged copy of
   inverted or broken entries in Whisper's copy, e.g. "cancelation" -> "cancellation" and
   "archaeology" -> "archeology</span>").
 - ``whisper``: `whisper_normalizer.english.EnglishTextNormalizer` unchanged.
+- ``basic``: Whisper's `BasicTextNormalizer` for other languages (lower case, bracketed text dropped,
+  punctuation and symbols to spaces), with Unicode marks kept: Whisper's default turns the vowel signs and
+  viramas of Indic and Thai script into spaces, which splits words.
+
+English normalizers apply only to English: `normalizer_for` scores an utterance in any other language with
+``basic`` whatever `--normalizer` says (numbers and spellings of another language are not English ones).
 
 Not reproduced: the leaderboard's 2026 additions (acronym joining "u.s.a." -> "usa", ellipsis handling,
 first-name variants, compound joining and kaldialign's compound merging), which postdate the paper.
@@ -20,8 +26,9 @@ from __future__ import annotations
 from functools import lru_cache
 
 from streamasr.errors import StreamASRError
+from streamasr.eval.languages import is_english
 
-NORMALIZERS = ("leaderboard", "whisper")
+NORMALIZERS = ("leaderboard", "whisper", "basic")
 
 # Informal contractions that newer Whisper versions expand but the leaderboard's normalizer does not.
 _NOT_IN_LEADERBOARD = (r"\bkinda\b", r"\bsorta\b", r"\bdunno\b", r"\bcause\b")
@@ -56,10 +63,13 @@ def get_normalizer(name: str = "leaderboard"):
     if name not in NORMALIZERS:
         raise StreamASRError(f"unknown normalizer {name!r}; choose one of: {', '.join(NORMALIZERS)}")
     try:
+        from whisper_normalizer.basic import BasicTextNormalizer
         from whisper_normalizer.english import EnglishTextNormalizer
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise StreamASRError("the WER benchmark needs the `whisper-normalizer` package: "
                              "pip install 'streamasr[bench]'") from exc
+    if name == "basic":
+        return BasicTextNormalizer(preserve_marks=True)
     norm = EnglishTextNormalizer()
     if name == "leaderboard":
         for pattern in _NOT_IN_LEADERBOARD:
@@ -72,6 +82,12 @@ def get_normalizer(name: str = "leaderboard"):
                 mapping[word] = american
         norm.standardize_spellings.mapping = mapping
     return norm
+
+
+def normalizer_for(language: str | None, name: str = "leaderboard") -> str:
+    """The normalizer an utterance in `language` is scored with: `name` for English (or no language given),
+    ``basic`` for every other language."""
+    return name if is_english(language) else "basic"
 
 
 def normalize(text: str, name: str = "leaderboard") -> str:

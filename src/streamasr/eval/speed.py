@@ -34,7 +34,17 @@ import numpy as np
 
 from streamasr.audio import read_audio
 from streamasr.errors import StreamASRError
+from streamasr.eval.hotword_cost import format_cost, measure
+from streamasr.eval.memory import app_memory, peer_memory
 from streamasr.eval.nemo_baseline import load_nemo_baseline, nemo_once
+from streamasr.eval.sherpa_peer import (
+    PEER_PREFIX,
+    PeerModel,
+    PeerRun,
+    load_peer,
+    sherpa_once,
+    token_agreement,
+)
 from streamasr.eval.speech import read_speech
 from streamasr.eval.speech import speech_dir as speech_dir_of
 from streamasr.model_config import ModelConfig, directory_size
@@ -96,6 +106,12 @@ class _TimedBackend:
         self.decode_s += time.perf_counter() - t0
         return out
 
+    def joint_logits(self, *args):
+        t0 = time.perf_counter()
+        out = self.inner.joint_logits(*args)
+        self.decode_s += time.perf_counter() - t0
+        return out
+
 
 @dataclass
 class RunStats:
@@ -110,6 +126,7 @@ class RunStats:
     finish_call_s: float
     tokens: int
     peak_rss: int
+    token_ids: list[int] = field(default_factory=list)
 
 
 def stream_once(model, samples: np.ndarray, latency_ms: int, block: int) -> RunStats:
@@ -146,7 +163,7 @@ def stream_once(model, samples: np.ndarray, latency_ms: int, block: int) -> RunS
     return RunStats(audio_s=audio_end, processing_s=processing, chunk_s=chunk_s, encode_s=timed.encode_s,
                     decode_s=timed.decode_s, steps=stream.steps, first_partial_s=first_partial,
                     final_s=clock - audio_end, finish_call_s=finish_dt, tokens=len(result.token_ids),
-                    peak_rss=max(peak, current_rss_bytes()))
+                    peak_rss=max(peak, current_rss_bytes()), token_ids=list(result.token_ids))
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -182,6 +199,8 @@ class Row:
     ratio_rtfx: float | None = None
     ratio_chunk_p50: float | None = None
     ratio_size: float | None = None
+    app_peak_rss_bytes: int | None = None  # the application alone, in a clean child process
+    token_ids: list[int] = field(default_factory=list)  # the median run's
 
 
 def summarize(label: str, loaded: "_Loaded", latency: int, runs: list[RunStats]) -> Row:
@@ -199,7 +218,7 @@ def summarize(label: str, loaded: "_Loaded", latency: int, runs: list[RunStats])
         final_ms=1e3 * statistics.median(r.final_s for r in runs), chunks=best.steps, tokens=best.tokens,
         audio_s=best.audio_s, processing_s=best.processing_s, load_s=loaded.load_s, size_bytes=loaded.size_bytes,
         load_rss_bytes=loaded.load_rss, stream_peak_rss_bytes=max(r.peak_rss for r in runs), rounds=len(runs),
-        rtfx_rounds=[round(x, 3) for x in rtfx],
+        rtfx_rounds=[round(x, 3) for x in rtfx], token_ids=best.token_ids,
     )
 
 
@@ -247,14 +266,34 @@ def _nemo_row(runs: list, latency: int, label: str) -> Row:
                encoder_ms_per_chunk=1e3 * best.processing_s / max(best.steps, 1), decoder_ms_per_chunk=None,
                first_partial_ms=None, final_ms=None, chunks=best.steps, tokens=best.tokens, audio_s=best.audio_s,
                processing_s=best.processing_s, load_s=None, size_bytes=0, load_rss_bytes=0,
-               stream_peak_rss_bytes=peak_rss_bytes(), rounds=len(runs), rtfx_rounds=[round(x, 3) for x in rtfx])
+               stream_peak_rss_bytes=peak_rss_bytes(), rounds=len(runs), rtfx_rounds=[round(x, 3) for x in rtfx],
+               token_ids=best.token_ids)
+
+
+def _peer_row(runs: list[PeerRun], peer: PeerModel, label: str) -> Row:
+    """A table row for a sherpa-onnx mode, timed block by block like our streams."""
+    rtfx = [r.audio_s / r.processing_s for r in runs]
+    best = sorted(runs, key=lambda r: r.audio_s / r.processing_s)[len(runs) // 2]
+    chunks = [c for r in runs for c in r.chunk_s]
+    fp = [r.first_partial_s for r in runs if r.first_partial_s is not None]
+    return Row(model=label, directory=str(peer.directory), quantization=f"{peer.quantization} (sherpa-onnx)",
+               latency_ms=peer.latency_ms, rtfx=statistics.median(rtfx), chunk_p50_ms=1e3 * _pct(chunks, 50),
+               chunk_p95_ms=1e3 * _pct(chunks, 95), chunk_max_ms=1e3 * max(chunks, default=float("nan")),
+               encoder_ms_per_chunk=None, decoder_ms_per_chunk=None,
+               first_partial_ms=1e3 * statistics.median(fp) if fp else None,
+               final_ms=1e3 * statistics.median(r.final_s for r in runs), chunks=best.steps,
+               tokens=len(best.token_ids), audio_s=best.audio_s, processing_s=best.processing_s, load_s=peer.load_s,
+               size_bytes=peer.size_bytes, load_rss_bytes=0, stream_peak_rss_bytes=peak_rss_bytes(),
+               rounds=len(runs), rtfx_rounds=[round(x, 3) for x in rtfx], token_ids=best.token_ids)
 
 
 def run_bench(directories: list[Path], latencies: list[int], threads: int, samples: np.ndarray,
               block_ms: float = 20.0, warmup_s: float = 3.0, repeats: int = 1, progress=None,
-              nemo=None, nemo_label: str = "NeMo PyTorch", providers: tuple[str, ...] = ("cpu",)) -> list[Row]:
-    """Rows per latency: every directory under every provider, then (with `nemo`, a loaded NeMo model)
-    NeMo's own streaming, all interleaved round by round."""
+              nemo=None, nemo_label: str = "NeMo PyTorch", providers: tuple[str, ...] = ("cpu",),
+              peers: tuple[Path, ...] = ()) -> list[Row]:
+    """Rows per latency: every directory under every provider, then every sherpa-onnx export in `peers`
+    (`sherpa_peer.export_sherpa` folders), then (with `nemo`, a loaded NeMo model) NeMo's own streaming,
+    all interleaved round by round."""
     loaded = [load_model(d, threads, p) for d in directories for p in providers]
     labels = _labels(loaded)
     for lm in loaded:
@@ -264,13 +303,19 @@ def run_bench(directories: list[Path], latencies: list[int], threads: int, sampl
     block = max(1, int(sr * block_ms / 1000))
     warm = samples[: int(sr * warmup_s)]
     runs: dict[tuple[int, int], list[RunStats]] = {}
-    total = len(latencies) * (len(loaded) + (nemo is not None)) * repeats
+    total = len(latencies) * (len(loaded) + len(peers) + (nemo is not None)) * repeats
+    peer_labels = [f"sherpa-onnx {Path(d).name}" for d in peers]
+    peer_runs: dict[tuple[int, int], list[PeerRun]] = {}
+    peer_models: dict[tuple[int, int], PeerModel] = {}
     done = 0
     nemo_runs: dict[int, list] = {}
     for lat in latencies:
         right_context = loaded[0].model.config.encoder.mode(lat).right_context
         for i, lm in enumerate(loaded):  # warm-up: first runs allocate arenas and tune kernels
             stream_once(lm.model, warm, lat, block)
+        for j, d in enumerate(peers):
+            peer_models[(j, lat)] = load_peer(Path(d), lat, threads)
+            sherpa_once(peer_models[(j, lat)], warm, block, sr)
         if nemo is not None:
             nemo_once(nemo, warm, right_context, sr)
         for _ in range(repeats):
@@ -280,6 +325,13 @@ def run_bench(directories: list[Path], latencies: list[int], threads: int, sampl
                 done += 1
                 if progress:
                     progress(done, total, f"{labels[i]} {lat} ms: RTFx {stats.audio_s / stats.processing_s:.2f}")
+            for j in range(len(peers)):
+                peer_run = sherpa_once(peer_models[(j, lat)], samples, block, sr)
+                peer_runs.setdefault((j, lat), []).append(peer_run)
+                done += 1
+                if progress:
+                    progress(done, total, f"{peer_labels[j]} {lat} ms: RTFx "
+                                          f"{peer_run.audio_s / peer_run.processing_s:.2f}")
             if nemo is not None:
                 run = nemo_once(nemo, samples, right_context, sr)
                 nemo_runs.setdefault(lat, []).append(run)
@@ -293,6 +345,12 @@ def run_bench(directories: list[Path], latencies: list[int], threads: int, sampl
             row = summarize(labels[i], lm, lat, runs[(i, lat)])
             if first is None:
                 first = row
+            row.ratio_rtfx = row.rtfx / first.rtfx if first.rtfx else None
+            row.ratio_chunk_p50 = row.chunk_p50_ms / first.chunk_p50_ms if first.chunk_p50_ms else None
+            row.ratio_size = row.size_bytes / first.size_bytes if first.size_bytes else None
+            rows.append(row)
+        for j in range(len(peers)):
+            row = _peer_row(peer_runs[(j, lat)], peer_models[(j, lat)], peer_labels[j])
             row.ratio_rtfx = row.rtfx / first.rtfx if first.rtfx else None
             row.ratio_chunk_p50 = row.chunk_p50_ms / first.chunk_p50_ms if first.chunk_p50_ms else None
             row.ratio_size = row.size_bytes / first.size_bytes if first.size_bytes else None
@@ -360,7 +418,7 @@ def _f(x: float | None, fmt: str = ".1f") -> str:
 
 def format_table(rows: list[Row], compare: bool) -> str:
     head = ["model", "quant", "latency", "RTFx", "chunk p50 ms", "p95", "max", "enc ms/chunk", "dec ms/chunk",
-            "first partial ms", "final ms", "load s", "disk MB", "load RSS MB", "peak RSS MB"]
+            "first partial ms", "final ms", "load s", "disk MB", "load RSS MB", "peak RSS MB", "app peak RSS MB"]
     if compare:
         head += ["RTFx vs first", "chunk p50 vs first", "size vs first"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -368,11 +426,58 @@ def format_table(rows: list[Row], compare: bool) -> str:
         cells = [r.model, r.quantization, f"{r.latency_ms} ms", _f(r.rtfx, ".2f"), _f(r.chunk_p50_ms),
                  _f(r.chunk_p95_ms), _f(r.chunk_max_ms), _f(r.encoder_ms_per_chunk), _f(r.decoder_ms_per_chunk),
                  _f(r.first_partial_ms, ".0f"), _f(r.final_ms, ".0f"), _f(r.load_s, ".2f"),
-                 _f(r.size_bytes / 1e6), _f(r.load_rss_bytes / 1e6, ".0f"), _f(r.stream_peak_rss_bytes / 1e6, ".0f")]
+                 _f(r.size_bytes / 1e6), _f(r.load_rss_bytes / 1e6, ".0f"), _f(r.stream_peak_rss_bytes / 1e6, ".0f"),
+                 _f(r.app_peak_rss_bytes / 1e6 if r.app_peak_rss_bytes else None, ".0f")]
         if compare:
             cells += [_f(r.ratio_rtfx, ".2f") + "x", _f(r.ratio_chunk_p50, ".2f") + "x", _f(r.ratio_size, ".2f") + "x"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def measure_app_peaks(rows: list[Row], samples: np.ndarray, threads: int, block_ms: float) -> None:
+    """Fill each row's `app_peak_rss_bytes`: its model alone in a clean child process (eval/memory.py),
+    streaming `samples` at the row's latency. The bench's own process holds every model, its harness and
+    often torch, so its RSS is not what an application pays. NeMo rows get none."""
+    for row in rows:
+        if row.quantization.endswith("(sherpa-onnx)"):
+            row.app_peak_rss_bytes = peer_memory(Path(row.directory), samples, row.latency_ms, threads,
+                                                 block_ms)["peak_rss_bytes"]
+        elif row.directory and "[" not in row.quantization:  # our model on the CPU provider
+            row.app_peak_rss_bytes = app_memory(Path(row.directory), samples, [row.latency_ms], threads,
+                                                block_ms)["peak_rss_bytes"]
+
+
+def format_agreement(rows: list[Row], nemo_label: str) -> str:
+    """Every engine's tokens against NeMo's own streaming tokens on the same audio, per latency."""
+    lines = ["| engine | latency | tokens | NeMo tokens | common prefix | token edits / NeMo tokens | identical |",
+             "|---|---|---|---|---|---|---|"]
+    for lat in sorted({r.latency_ms for r in rows}):
+        at = [r for r in rows if r.latency_ms == lat]
+        nemo = next((r for r in at if r.model == nemo_label), None)
+        if nemo is None:
+            continue
+        for r in at:
+            if r is nemo:
+                continue
+            a = token_agreement(r.token_ids, nemo.token_ids)
+            lines.append(f"| {r.model} ({r.quantization}) | {lat} ms | {a.tokens} | {a.reference_tokens} | "
+                         f"{a.common_prefix} | {100 * a.error_rate:.1f} % | {'yes' if a.identical else 'no'} |")
+    return "token agreement with NeMo's streaming output, same audio:\n\n" + "\n".join(lines)
+
+
+def format_peer_ratios(rows: list[Row]) -> str:
+    """The first model against each sherpa-onnx row at the same latency: throughput, latency, memory, size."""
+    lines = []
+    for lat in sorted({r.latency_ms for r in rows}):
+        at = [r for r in rows if r.latency_ms == lat]
+        ours = at[0]
+        for peer in (r for r in at if r.quantization.endswith("(sherpa-onnx)")):
+            parts = [f"RTFx {ours.rtfx / peer.rtfx:.2f}x", f"chunk p50 {ours.chunk_p50_ms / peer.chunk_p50_ms:.2f}x",
+                     f"disk {ours.size_bytes / peer.size_bytes:.2f}x"]
+            if ours.app_peak_rss_bytes and peer.app_peak_rss_bytes:
+                parts.append(f"app peak RSS {ours.app_peak_rss_bytes / peer.app_peak_rss_bytes:.2f}x")
+            lines.append(f"{lat} ms: {ours.model} / {peer.model}: " + ", ".join(parts))
+    return "against sherpa-onnx, same run (ours / theirs):\n" + "\n".join(lines)
 
 
 def _progress(done: int, total: int, what: str) -> None:
@@ -401,6 +506,13 @@ def cmd_speed(args) -> int:
             raise StreamASRError(f"no such model directory: {d}")
     if args.repeats < 1 or args.block_ms <= 0 or args.seconds <= 0:
         raise StreamASRError("--repeats, --block-ms and --seconds must be positive")
+    peers = []
+    for spec in args.peer:
+        if not spec.startswith(PEER_PREFIX) or not Path(spec[len(PEER_PREFIX):]).is_dir():
+            raise StreamASRError(f"--peer wants {PEER_PREFIX}DIR with DIR an export-sherpa folder, got {spec!r}")
+        peers.append(Path(spec[len(PEER_PREFIX):]))
+    if args.hotwords < 0:
+        raise StreamASRError("--hotwords must be a number of phrases >= 0")
 
     sr = ModelConfig.load(dirs[0]).frontend.sample_rate
     if args.audio:
@@ -416,7 +528,9 @@ def cmd_speed(args) -> int:
     nemo_label = f"NeMo PyTorch ({args.nemo})" if args.nemo else "NeMo PyTorch"
     rows = run_bench(dirs, latencies, args.threads, samples, block_ms=args.block_ms, warmup_s=args.warmup,
                      repeats=args.repeats, progress=_progress, nemo=nemo, nemo_label=nemo_label,
-                     providers=tuple(p.strip() for p in args.provider.split(",")))
+                     providers=tuple(p.strip() for p in args.provider.split(",")), peers=tuple(peers))
+    if args.app_rss_seconds > 0:
+        measure_app_peaks(rows, samples[: int(sr * args.app_rss_seconds)], args.threads, args.block_ms)
     header = (f"streamasr bench speed: {samples.size / sr:.1f} s of {source}, {args.threads} threads, "
               f"{args.block_ms:g} ms blocks, {args.repeats} round(s), onnxruntime {onnxruntime.__version__}, "
               f"{os.cpu_count()} CPUs")
@@ -424,6 +538,13 @@ def cmd_speed(args) -> int:
     print(format_table(rows, compare=len(rows) > len(latencies)))
     if nemo is not None:
         print("\n" + format_nemo_ratios(rows, nemo_label))
+        print("\n" + format_agreement(rows, nemo_label))
+    if peers:
+        print("\n" + format_peer_ratios(rows))
+    if args.hotwords:
+        model = load_model(dirs[0], args.threads).model
+        for lat in latencies:
+            print("\n" + format_cost(measure(model, samples, lat, args.hotwords)))
     print(f"\nprocess peak RSS {peak_rss_bytes() / 1e6:.0f} MB; bench took {time.perf_counter() - t0:.0f} s")
     profiles = {}
     if args.profile:
@@ -462,6 +583,14 @@ def add_parser(bench_sub) -> None:
                    help="also time NeMo's own PyTorch streaming in the same run: a .nemo file, hub id, or random:NAME "
                         "(that architecture built in memory with speech-like random weights); needs streamasr[verify]")
     p.add_argument("--json", default=None, metavar="OUT", help="also write the results as JSON")
+    p.add_argument("--peer", action="append", default=[], metavar="sherpa-onnx:DIR",
+                   help="also time sherpa-onnx on an `export-sherpa` folder (one subfolder per mode), interleaved; "
+                        "with --nemo, every engine's tokens are compared with NeMo's")
+    p.add_argument("--app-rss-seconds", type=float, default=20.0, metavar="S",
+                   help="afterwards, each model alone in a clean child process streams S s of the audio per latency "
+                        "and reports its peak RSS (the app peak RSS column); 0 skips it (default: %(default)s)")
+    p.add_argument("--hotwords", type=int, default=0, metavar="N",
+                   help="also measure the decoder with N random phrases from the vocabulary against none")
     p.add_argument("--profile", default=None, metavar="DIR",
                    help="afterwards, profile each model's encoder with ONNX Runtime's profiler (one extra run per "
                         "model and latency) and print the time per op type; traces are written to DIR")

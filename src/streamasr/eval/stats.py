@@ -1,10 +1,15 @@
-"""Word error counts and bootstrap confidence intervals for corpus-level WER.
+"""Word (or character) error counts and bootstrap confidence intervals for corpus-level WER and CER.
 
 Corpus WER of a set = (substitutions + deletions + insertions summed over utterances) / (reference words summed
 over utterances), what `jiwer.wer(list_of_refs, list_of_hyps)` computes. Confidence intervals resample
 utterances with replacement (the unit that is sampled from the population), recomputing the corpus ratio on
 each resample; the paired bootstrap resamples the same utterance indices for two systems, so the interval of
 the difference reflects the between-system variation on the same audio only.
+
+CER counts characters instead of words, with whitespace removed first: the languages it is used for (see
+`languages.CER_LANGUAGES`) do not separate words by spaces, or references do so inconsistently, so a space is
+not a character to be scored. Everything downstream (corpus ratio, bootstrap) is the same arithmetic over
+"units", which are words or characters.
 """
 
 from __future__ import annotations
@@ -42,6 +47,26 @@ def word_errors(ref: str, hyp: str) -> WordErrors:
         return WordErrors(0, len(r), 0, len(r), 0)
     out = jiwer.process_words(" ".join(r), " ".join(h))
     return WordErrors(out.substitutions, out.deletions, out.insertions, len(r), out.hits)
+
+
+def char_errors(ref: str, hyp: str) -> WordErrors:
+    """Character-level Levenshtein alignment of two normalized strings, whitespace removed (units: characters)."""
+    import jiwer
+
+    r, h = "".join(ref.split()), "".join(hyp.split())
+    if not r:
+        return WordErrors(0, 0, len(h), 0, 0)
+    if not h:
+        return WordErrors(0, len(r), 0, len(r), 0)
+    out = jiwer.process_characters(r, h)
+    return WordErrors(out.substitutions, out.deletions, out.insertions, len(r), out.hits)
+
+
+def unit_errors(ref: str, hyp: str, metric: str = "wer") -> WordErrors:
+    """`word_errors` for metric "wer", `char_errors` for "cer"."""
+    if metric not in ("wer", "cer"):
+        raise ValueError(f"unknown metric {metric!r}")
+    return char_errors(ref, hyp) if metric == "cer" else word_errors(ref, hyp)
 
 
 def corpus_wer(errors, ref_words) -> float:

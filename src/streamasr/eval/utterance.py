@@ -15,9 +15,11 @@ BLOCK_S = 0.08  # streaming block fed per accept() call
 
 
 # ----------------------------------------------------------------------------- transcription
-def transcribe_samples(model, samples: np.ndarray, latency_ms: int, offline: bool) -> dict:
-    """Run one utterance; returns hypothesis and timings (seconds)."""
-    stream = model.stream(latency_ms)
+def transcribe_samples(model, samples: np.ndarray, latency_ms: int, offline: bool,
+                       language: str | None = None) -> dict:
+    """Run one utterance (with the language prompt `language`, None for the model's default); returns the
+    hypothesis, timings (seconds) and, in `auto` mode, the language the model detected."""
+    stream = model.stream(latency_ms, language=language) if language is not None else model.stream(latency_ms)
     if offline:
         blocks = [samples]
     else:
@@ -42,14 +44,17 @@ def transcribe_samples(model, samples: np.ndarray, latency_ms: int, offline: boo
     for b in blocks:
         timed(stream.accept, b)
     result = timed(stream.finish)
-    return {"hyp": result.text, "audio_s": round(result.audio_s, 4), "processing_s": total,
-            "chunks": result.chunks, "chunk_compute_s": chunk_s, "timed_chunks": timed_chunks}
+    out = {"hyp": result.text, "audio_s": round(result.audio_s, 4), "processing_s": total,
+           "chunks": result.chunks, "chunk_compute_s": chunk_s, "timed_chunks": timed_chunks}
+    if language == "auto":  # the last language the model tagged (None: no tag yet)
+        out["detected_language"] = getattr(result, "language", None)
+    return out
 
 
 def transcribe_item(model, item: Item, latency_ms: int, offline: bool) -> dict:
     """Load and transcribe an Item: {"ok": result} or {"error": message} for a user-side problem."""
     try:
         samples = item.load(model.sample_rate)
-        return {"ok": transcribe_samples(model, samples, latency_ms, offline)}
+        return {"ok": transcribe_samples(model, samples, latency_ms, offline, item.prompt)}
     except StreamASRError as exc:
         return {"error": str(exc)}

@@ -30,11 +30,13 @@ class VerifyRow:
     streamasr_text: str
     nemo_tokens: int
     streamasr_tokens: int
+    language: str | None = None
 
 
-def run_with_encodings(model: Model, samples: np.ndarray, latency_ms: int, nemo_compat: bool = True):
+def run_with_encodings(model: Model, samples: np.ndarray, latency_ms: int, nemo_compat: bool = True,
+                       language: str | None = None):
     """Stream samples through streamasr, also returning each step's encoder output (T, D)."""
-    run = run_recording(model, samples, latency_ms, nemo_compat)
+    run = run_recording(model, samples, latency_ms, nemo_compat, language=language)
     return run.result, run.encodings
 
 
@@ -45,33 +47,47 @@ def max_chunk_difference(ours: list[np.ndarray], theirs: list[np.ndarray]) -> fl
     return max((float(np.abs(a - b).max()) for a, b in zip(ours, theirs) if a.size), default=0.0)
 
 
-def verify(nemo_model, model: Model, audio: dict[str, np.ndarray], latencies: list[int]) -> list[VerifyRow]:
+def verify(nemo_model, model: Model, audio: dict[str, np.ndarray], latencies: list[int],
+           languages: list[str | None] | None = None) -> list[VerifyRow]:
+    """One row per (language, latency, audio); `languages` are a multilingual model's prompts (NeMo's
+    `set_inference_prompt`), [None] for a model without one."""
     rows = []
-    for latency in latencies:
-        mode = model.config.encoder.mode(latency)
-        for name, samples in audio.items():
-            ref = nemo_streaming(nemo_model, samples, mode.right_context)
-            result, encodings = run_with_encodings(model, samples, latency, nemo_compat=True)
-            rows.append(VerifyRow(
-                audio=name, latency_ms=latency, chunks=len(encodings),
+    for language in languages or [None]:
+        for latency in latencies:
+            rows += _verify_mode(nemo_model, model, audio, latency, language)
+    return rows
+
+
+def _verify_mode(nemo_model, model: Model, audio: dict[str, np.ndarray], latency: int,
+                 language: str | None) -> list[VerifyRow]:
+    rows = []
+    mode = model.config.encoder.mode(latency)
+    language = model.language(language)
+    for name, samples in audio.items():
+        ref = nemo_streaming(nemo_model, samples, mode.right_context, language=language)
+        result, encodings = run_with_encodings(model, samples, latency, nemo_compat=True, language=language)
+        rows.append(VerifyRow(
+                audio=name, latency_ms=latency, chunks=len(encodings), language=language,
                 max_abs_diff=max_chunk_difference(encodings, ref.chunk_encodings),
                 token_agreement=token_agreement(ref.token_ids, result.token_ids),
                 tokens_identical=ref.token_ids == result.token_ids,
                 nemo_text=ref.text, streamasr_text=result.text,
                 nemo_tokens=len(ref.token_ids), streamasr_tokens=len(result.token_ids),
-            ))
+        ))
     return rows
 
 
 def format_rows(rows: list[VerifyRow]) -> str:
-    lines = ["| latency | audio | chunks | max abs enc diff | token agreement | tokens (NeMo/ours) | identical |",
-             "|---|---|---|---|---|---|---|"]
+    multilingual = any(r.language for r in rows)
+    lines = ["| " + ("language | " if multilingual else "") + "latency | audio | chunks | max abs enc diff | "
+             "token agreement | tokens (NeMo/ours) | identical |", "|---" * (7 + multilingual) + "|"]
     for r in rows:
-        lines.append(f"| {r.latency_ms} ms | {Path(r.audio).name} | {r.chunks} | {r.max_abs_diff:.2e} | "
-                     f"{r.token_agreement:.4f} | {r.nemo_tokens}/{r.streamasr_tokens} | {'yes' if r.tokens_identical else 'NO'} |")
+        lines.append("| " + (f"{r.language} | " if multilingual else "") + f"{r.latency_ms} ms | {Path(r.audio).name} | "
+                     f"{r.chunks} | {r.max_abs_diff:.2e} | {r.token_agreement:.4f} | {r.nemo_tokens}/{r.streamasr_tokens}"
+                     f" | {'yes' if r.tokens_identical else 'NO'} |")
     lines.append("")
     for r in rows:
-        lines.append(f"[{r.latency_ms} ms] {Path(r.audio).name}")
+        lines.append(f"[{r.language + ', ' if r.language else ''}{r.latency_ms} ms] {Path(r.audio).name}")
         lines.append(f"  NeMo:      {r.nemo_text}")
         lines.append(f"  streamasr: {r.streamasr_text}")
     return "\n".join(lines)

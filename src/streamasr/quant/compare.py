@@ -26,8 +26,10 @@ class Recording:
     projections: list[np.ndarray]
 
 
-def run_recording(model: Model, samples: np.ndarray, latency_ms: int, nemo_compat: bool = True) -> Recording:
-    """Stream `samples` through `model`, recording each chunk's encoder output and joint projection."""
+def run_recording(model: Model, samples: np.ndarray, latency_ms: int, nemo_compat: bool = True,
+                  language: str | None = None) -> Recording:
+    """Stream `samples` through `model` (with the language prompt `language`, None for the model's default),
+    recording each chunk's encoder output and joint projection."""
     encodings: list[np.ndarray] = []
     projections: list[np.ndarray] = []
 
@@ -35,7 +37,7 @@ def run_recording(model: Model, samples: np.ndarray, latency_ms: int, nemo_compa
         encodings.append(np.array(chunk.encoded))
         projections.append(np.array(chunk.encoded_proj))
 
-    stream = model.stream(latency_ms, nemo_compat=nemo_compat, on_chunk=record)
+    stream = model.stream(latency_ms, nemo_compat=nemo_compat, on_chunk=record, language=language)
     stream.accept(samples)
     return Recording(stream.finish(), encodings, projections)
 

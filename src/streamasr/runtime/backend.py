@@ -7,7 +7,12 @@ random weights, or to compare torch and ONNX) without a second implementation of
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
+import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
@@ -18,6 +23,7 @@ from streamasr.model_config import CONFIG_NAME, ModelConfig, cache_shapes
 from streamasr.runtime.cache import CacheFeeds, encoder_input_names
 
 EncoderOut = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+JOINT_OUTPUTS = ["best", "logprob"]  # joint.onnx also has `logits`, fetched only for fused decoding
 
 
 class Backend(Protocol):
@@ -30,6 +36,9 @@ class Backend(Protocol):
 
     def joint(self, encoded_proj: np.ndarray, pred_proj: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(B, T, J), (B, J) -> best label per frame (B, T) int64 and its log-probability (B, T)."""
+
+    def joint_logits(self, encoded_proj: np.ndarray, pred_proj: np.ndarray) -> tuple[np.ndarray, ...]:
+        """As `joint`, plus every label's logit (B, T, V+1): what fused decoding (hotwords, LM) re-ranks."""
 
 
 def session_options(threads: int | None = None):
@@ -49,6 +58,50 @@ def session_options(threads: int | None = None):
     opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
     opts.log_severity_level = 3
     return opts
+
+
+#: glibc's mallopt() parameter for the mmap threshold (malloc.h)
+_M_MMAP_THRESHOLD = -3
+#: while sessions load: glibc's initial threshold, held fixed
+_LOAD_MMAP_THRESHOLD = 128 * 1024
+#: afterwards: the ceiling glibc's own dynamic threshold climbs to on 64-bit systems
+_RUN_MMAP_THRESHOLD = 32 * 1024 * 1024
+
+
+def _glibc():
+    """The C library when it is glibc (whose malloc the tuning below speaks to), else None."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+@contextmanager
+def lean_heap_while_loading() -> Iterator[None]:
+    """Keep the buffers ONNX Runtime frees while it creates sessions out of the resident heap.
+
+    Loading an int4 encoder builds every initializer and then prepacks each MatMulNBits weight into a new
+    buffer before the unpacked one is freed. glibc raises its mmap threshold whenever a mapped buffer is freed,
+    so after the first few, these buffers of 0.1-32 MB come from the brk heap, where freed space stays
+    resident and fragmented: the load's peak RSS then holds the unpacked and the packed weights at once (the
+    memory table in docs/benchmarks.md). Holding the threshold at
+    glibc's initial 128 KiB while the sessions are created gives each such buffer its own mapping, returned to
+    the system when freed; afterwards the threshold is set to the ceiling the dynamic rule reaches in a running
+    process anyway (so streaming allocates as before) and `malloc_trim` hands back what the heap freed.
+
+    Process-wide (malloc has one configuration); a no-op off glibc or with STREAMASR_MALLOC_TUNING=0.
+    """
+    libc = _glibc() if os.environ.get("STREAMASR_MALLOC_TUNING", "1") != "0" else None
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, _LOAD_MMAP_THRESHOLD)
+    try:
+        yield
+    finally:
+        if libc is not None:
+            libc.mallopt(_M_MMAP_THRESHOLD, _RUN_MMAP_THRESHOLD)
+            libc.malloc_trim(0)
 
 
 #: short names for `--provider`; the default CPU provider is always the fallback
@@ -84,6 +137,8 @@ def expected_inputs(config: ModelConfig) -> dict[str, dict[str, tuple]]:
                                  "cache_start": (None,), "conv_cache": (None, *shapes["conv_cache"][1:])}
     for name in encoder_input_names(enc.n_layers)[5:]:
         encoder[name] = (None, *shapes["k_cache" if name.startswith("k_") else "v_cache"][1:])
+    if config.languages:
+        encoder["language"] = (None,)
     state = (dec.pred_layers, None, dec.pred_hidden)
     return {"encoder": encoder,
             "decoder": {"label": (None,), "h": state, "c": state},
@@ -145,11 +200,16 @@ class OrtBackend:
                  providers: list[str] | None = None, config: ModelConfig | None = None):
         """`config` (the directory's config.json, as Model.load_dir passes it): each graph's inputs are
         checked against it, so files of different models are refused here."""
-        import onnxruntime as ort
-
         self.providers = providers or ["CPUExecutionProvider"]
         self.config = config
         self.sessions = {}
+        with lean_heap_while_loading():
+            self._load(Path(directory), files, threads, config)
+
+    def _load(self, directory: Path, files: dict[str, str], threads: int | None, config: ModelConfig | None):
+        """One session per graph, each checked against `config`."""
+        import onnxruntime as ort
+
         for name in ("encoder", "decoder", "joint"):
             path = Path(directory) / files.get(name, f"{name}.onnx")
             if not path.is_file():
@@ -197,4 +257,13 @@ class OrtBackend:
         return tuple(self.sessions["decoder"].run(None, {"label": label, "h": h, "c": c}))
 
     def joint(self, encoded_proj, pred_proj):
-        return tuple(self.sessions["joint"].run(None, {"encoded_proj": encoded_proj, "pred_proj": pred_proj}))
+        return tuple(self.sessions["joint"].run(JOINT_OUTPUTS, {"encoded_proj": encoded_proj, "pred_proj": pred_proj}))
+
+    @property
+    def has_joint_logits(self) -> bool:
+        """joint.onnx returns every label's logit (directories converted before hotwords existed do not)."""
+        return "logits" in {o.name for o in self.sessions["joint"].get_outputs()}
+
+    def joint_logits(self, encoded_proj, pred_proj):
+        feeds = {"encoded_proj": encoded_proj, "pred_proj": pred_proj}
+        return tuple(self.sessions["joint"].run([*JOINT_OUTPUTS, "logits"], feeds))

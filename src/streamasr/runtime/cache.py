@@ -15,11 +15,11 @@ import numpy as np
 from streamasr.model_config import EncoderConfig, cache_shapes
 
 
-def encoder_input_names(n_layers: int) -> list[str]:
+def encoder_input_names(n_layers: int, prompt: bool = False) -> list[str]:
     """The encoder graph's inputs, in order (see torch_modules.EncoderStep): the exporter names them with
-    this, and `CacheFeeds` feeds them by it."""
+    this, and `CacheFeeds` feeds them by it. A prompt model's graph also takes each stream's language slot."""
     return (["mel", "drop", "cache_len", "cache_start", "conv_cache"] + [f"k_cache_{i}" for i in range(n_layers)]
-            + [f"v_cache_{i}" for i in range(n_layers)])
+            + [f"v_cache_{i}" for i in range(n_layers)] + (["language"] if prompt else []))
 
 
 @dataclass
@@ -31,21 +31,28 @@ class CacheFeeds:
     conv: np.ndarray  # (B, L, K-1, D)
     k: list[np.ndarray]  # L arrays (B, H, left, d_k), C-contiguous
     v: list[np.ndarray]
+    language: np.ndarray | None = None  # (B,) int64 prompt slots, for a prompt model
 
     def as_inputs(self) -> dict[str, np.ndarray]:
         """Named graph inputs (the ONNX encoder's input names)."""
-        return dict(zip(encoder_input_names(len(self.k))[2:], self.as_args()))
+        return dict(zip(encoder_input_names(len(self.k), self.language is not None)[2:], self.as_args()))
 
     def as_args(self) -> tuple[np.ndarray, ...]:
         """Positional graph inputs after mel and drop, in the exported order."""
-        return (self.cache_len, self.cache_start, self.conv, *self.k, *self.v)
+        language = () if self.language is None else (self.language,)
+        return (self.cache_len, self.cache_start, self.conv, *self.k, *self.v, *language)
 
 
 class EncoderCache:
     """One stream's caches: per-layer rings of projected keys and values (L, H, left, d_k), the conv states
-    (L, K-1, D), how many ring frames are valid and which slot holds the oldest."""
+    (L, K-1, D), how many ring frames are valid and which slot holds the oldest.
 
-    def __init__(self, enc: EncoderConfig):
+    A prompt model's language slot travels with them (`language`, None without a prompt): like the caches it
+    is per stream and fed to every step, and the caches themselves never depend on it, so a stream may change
+    it between any two steps."""
+
+    def __init__(self, enc: EncoderConfig, language: int | None = None):
+        self.language = language
         shapes = cache_shapes(enc, 1)
         self.left = enc.left_context
         self.k = np.zeros((enc.n_layers,) + shapes["k_cache"][1:], dtype=np.float32)
@@ -57,7 +64,8 @@ class EncoderCache:
     def feeds(self) -> CacheFeeds:
         """Inputs for a step of this stream alone: views of its own arrays, nothing copied."""
         return CacheFeeds(np.array([self.length], dtype=np.int64), np.array([self.start], dtype=np.int64),
-                          self.conv[None], [k[None] for k in self.k], [v[None] for v in self.v])
+                          self.conv[None], [k[None] for k in self.k], [v[None] for v in self.v],
+                          None if self.language is None else np.array([self.language], dtype=np.int64))
 
     def update(self, k_new: np.ndarray, v_new: np.ndarray, conv_next: np.ndarray) -> None:
         """Write a step's new keys and values (L, H, T, d_k) over the T oldest slots; take its conv states."""
@@ -128,5 +136,9 @@ def batch_feeds(caches: list[EncoderCache], buffers: BatchBuffers | None = None)
         rings[name] = [out[i] for i in range(shape[0])]
     conv = buffers.get("conv", (n,) + first.conv.shape)
     np.stack([c.conv for c in caches], out=conv)
+    languages = [c.language for c in caches]
+    if len({lang is None for lang in languages}) != 1:
+        raise ValueError("batch_feeds: streams of a prompt model and of a model without one")
     return CacheFeeds(np.array([c.length for c in caches], dtype=np.int64),
-                      np.array([c.start for c in caches], dtype=np.int64), conv, rings["k"], rings["v"])
+                      np.array([c.start for c in caches], dtype=np.int64), conv, rings["k"], rings["v"],
+                      None if languages[0] is None else np.array(languages, dtype=np.int64))

@@ -50,7 +50,9 @@ class EncodedChunk:
 class StreamingEncoder:
     """Accumulates mel frames and runs the encoder step whenever a chunk is complete."""
 
-    def __init__(self, backend: Backend, enc: EncoderConfig, mode: LatencyMode, n_mels: int, nemo_compat: bool = False):
+    def __init__(self, backend: Backend, enc: EncoderConfig, mode: LatencyMode, n_mels: int, nemo_compat: bool = False,
+                 language: int | None = None):
+        """`language`: a prompt model's prompt slot (None for a model without a prompt); see `EncoderCache`."""
         self.backend = backend
         self.schedule = ChunkSchedule.for_mode(enc, mode)
         self.nemo_compat = nemo_compat
@@ -59,7 +61,7 @@ class StreamingEncoder:
         self._steps = 0
         self._frames_out = 0
         self.frames_consumed = 0  # mel frames taken by the steps so far
-        self.cache = EncoderCache(enc)
+        self.cache = EncoderCache(enc, language)
 
     @property
     def steps(self) -> int:

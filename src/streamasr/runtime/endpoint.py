@@ -76,11 +76,17 @@ class Final:
     end_s: float
     reason: str
     words: list[Word] = field(default_factory=list)
+    # a multilingual stream's language for this utterance: the one set, or in `auto` mode the one the model
+    # tagged it with (None when it tagged none); absent for a model without a language prompt
+    language: str | None = None
 
     def to_event(self) -> dict:
         """The server protocol's `final` message."""
-        return {"type": "final", "text": self.text, "start_s": self.start_s, "end_s": self.end_s,
-                "reason": self.reason, "words": [w.to_dict() for w in self.words]}
+        event = {"type": "final", "text": self.text, "start_s": self.start_s, "end_s": self.end_s,
+                 "reason": self.reason, "words": [w.to_dict() for w in self.words]}
+        if self.language is not None:
+            event["language"] = self.language
+        return event
 
 
 class Endpointer:
@@ -169,4 +175,6 @@ class Endpointer:
         self._seg_token = upto
         self._seg_frame = end_frame
         self.finals += 1
-        return Final(text_decoder.decode([t.id for t in toks]).strip(), start, end, reason, words)
+        ids = [t.id for t in toks]
+        language = text_decoder.last_language(ids) if self.stream.language == "auto" else self.stream.language
+        return Final(text_decoder.decode(ids).strip(), start, end, reason, words, language)

@@ -29,8 +29,19 @@ from streamasr.errors import AudioError, ModelError
 from streamasr.frontend import StreamingLogMel
 from streamasr.model_config import ModelConfig
 from streamasr.runtime.backend import Backend, OrtBackend
+from streamasr.runtime.boosting import (
+    DEFAULT_CONTEXT_SCORE,
+    DEFAULT_DEPTH_SCALING,
+    DEFAULT_SCORE,
+    Hotwords,
+    PhraseSpec,
+    build_hotwords,
+)
 from streamasr.runtime.decoder import GreedyDecoder, Token
 from streamasr.runtime.encoder import EncodedChunk, StreamingEncoder
+from streamasr.runtime.fusion import FusionModel
+from streamasr.runtime.ngram_lm import DEFAULT_WEIGHT as DEFAULT_LM_WEIGHT
+from streamasr.runtime.ngram_lm import load_lm
 from streamasr.text import IncrementalText, TextDecoder
 
 #: an observer of a stream's chunks: (the chunk's encoder output, the tokens decoded from it)
@@ -47,12 +58,17 @@ class Result:
     audio_s: float
     latency_ms: int
     chunks: int
+    # a multilingual model's language: the one asked for, or in `auto` mode the last one the model tagged
+    # (None before its first tag, and for a model without a language prompt)
+    language: str | None = None
+    hotwords: list[str] = field(default_factory=list)  # the stream's hotword phrases found in the text
 
     def to_dict(self) -> dict:
         return {
             "text": self.text, "token_ids": self.token_ids, "token_times_s": self.token_times_s,
             "tokens": self.tokens, "token_logprobs": self.token_logprobs, "audio_s": self.audio_s,
-            "latency_ms": self.latency_ms, "chunks": self.chunks,
+            "latency_ms": self.latency_ms, "chunks": self.chunks, "language": self.language,
+            **({"hotwords": self.hotwords} if self.hotwords else {}),
         }
 
 
@@ -76,6 +92,31 @@ class Model:
     def latency_modes(self) -> list[int]:
         return [m.latency_ms for m in self.config.encoder.latency_modes]
 
+    @property
+    def languages(self) -> dict[str, int]:
+        """A multilingual model's languages (locale -> prompt slot; `auto` lets the model choose and tag
+        each segment); empty for a model without a language prompt."""
+        return dict(self.config.languages)
+
+    @property
+    def default_language(self) -> str | None:
+        return self.config.default_language or None
+
+    def language(self, language: str | None = None) -> str | None:
+        """`language` checked against the model (None: the model's default); a ModelError listing the
+        model's languages for an unknown one, and one saying so for any language on a model without a prompt."""
+        if not self.config.languages:
+            if language is None:
+                return None
+            raise ModelError(f"{self.config.model_id} has no language prompt (it is not a multilingual model); "
+                             f"omit the language")
+        if language is None:
+            return self.config.default_language
+        if language not in self.config.languages:
+            raise ModelError(f"unknown language {language!r}; {self.config.model_id} offers: "
+                             f"{', '.join(self.config.languages)}")
+        return language
+
     @classmethod
     def load_dir(cls, directory: Path, threads: int | None = None, backend: Backend | None = None,
                  providers: list[str] | None = None) -> "Model":
@@ -95,6 +136,33 @@ class Model:
             backend = OrtBackend(directory, config.files, threads=threads, providers=providers, config=config)
         return cls(directory, config, backend, window, filterbank, text)
 
+    def check_fusion(self) -> None:
+        """Fused decoding (hotwords, LM) needs every label's logit from joint.onnx; a directory converted
+        before hotwords existed has a joint that returns only the best label and is told to re-convert."""
+        if not getattr(self.backend, "has_joint_logits", True):
+            raise ModelError(f"the joint.onnx of {self.directory} returns no logits, which hotwords and LM fusion "
+                             "need (it was converted by an older streamasr); re-convert the model")
+
+    def hotwords(self, phrases: Hotwords | list[str | PhraseSpec], score: float = DEFAULT_SCORE,
+                 context_score: float = DEFAULT_CONTEXT_SCORE, depth_scaling: float = DEFAULT_DEPTH_SCALING,
+                 max_bonus: float | None = None) -> Hotwords:
+        """Phrases compiled into NeMo's boosting tree with this model's tokenizer (see runtime/boosting.py);
+        compile once and pass the result to many streams. A Hotwords given is returned as it is."""
+        self.check_fusion()
+        if isinstance(phrases, Hotwords):
+            return phrases
+        if isinstance(phrases, str):
+            phrases = [phrases]
+        return build_hotwords(phrases, self.text.sp, score=score, context_score=context_score,
+                              depth_scaling=depth_scaling, max_bonus=max_bonus)
+
+    def load_lm(self, path: str | Path | FusionModel, weight: float = DEFAULT_LM_WEIGHT) -> FusionModel:
+        """A word-piece ARPA LM over this model's tokens with its weight (NeMo's ngram_lm_alpha)."""
+        self.check_fusion()
+        if isinstance(path, FusionModel):
+            return path
+        return load_lm(path, self.config.decoder.vocab_size, weight)
+
     def with_backend(self, backend: Backend) -> "Model":
         """The same model run by another backend (a timing wrapper, an encoder with other weights)."""
         return Model(self.directory, self.config, backend, self.window, self.filterbank, self.text)
@@ -107,13 +175,28 @@ class Model:
         return self.config.encoder.mode(latency).latency_ms  # (mode() takes "160" as 160)
 
     def stream(self, latency_ms: int | None = None, nemo_compat: bool = False,
-               on_chunk: ChunkObserver | None = None) -> "Stream":
-        """A new independent stream at `latency_ms` (default: the model's mode); `on_chunk` observes it."""
-        return Stream(self, self.latency(latency_ms), nemo_compat=nemo_compat, on_chunk=on_chunk)
+               on_chunk: ChunkObserver | None = None, language: str | None = None,
+               hotwords: Hotwords | list[str | PhraseSpec] | None = None, hotword_score: float = DEFAULT_SCORE,
+               hotword_context_score: float = DEFAULT_CONTEXT_SCORE,
+               hotword_depth_scaling: float = DEFAULT_DEPTH_SCALING, hotword_max_bonus: float | None = None,
+               lm: str | Path | FusionModel | None = None, lm_weight: float = DEFAULT_LM_WEIGHT) -> Stream:
+        """A new independent stream at `latency_ms` (default: the model's mode); `on_chunk` observes it.
+        `language` (a multilingual model's locale or "auto"; default the model's) can change mid-stream.
+        `hotwords` (phrases, or `Model.hotwords(...)` compiled once) and `lm` (an ARPA path, or
+        `Model.load_lm(...)`) fuse phrase boosting and an n-gram LM into the greedy search, as NeMo does."""
+        boost = None
+        if hotwords is not None:
+            boost = self.hotwords(hotwords, score=hotword_score, context_score=hotword_context_score,
+                                  depth_scaling=hotword_depth_scaling, max_bonus=hotword_max_bonus)
+        return Stream(self, self.latency(latency_ms), nemo_compat=nemo_compat, on_chunk=on_chunk,
+                      language=self.language(language), hotwords=boost,
+                      lm=None if lm is None else self.load_lm(lm, lm_weight))
 
-    def transcribe(self, samples: np.ndarray, latency_ms: int | None = None, nemo_compat: bool = False) -> Result:
-        """Stream a whole utterance through (the same path as live audio) and return the result."""
-        stream = self.stream(latency_ms, nemo_compat=nemo_compat)
+    def transcribe(self, samples: np.ndarray, latency_ms: int | None = None, nemo_compat: bool = False,
+                   language: str | None = None, **fusion) -> Result:
+        """Stream a whole utterance through (the same path as live audio) and return the result; `fusion`:
+        the hotword and LM options of `stream`."""
+        stream = self.stream(latency_ms, nemo_compat=nemo_compat, language=language, **fusion)
         stream.accept(samples)
         return stream.finish()
 
@@ -124,6 +207,9 @@ class Stream:
     latency_ms: int
     nemo_compat: bool = False
     on_chunk: ChunkObserver | None = None
+    language: str | None = None  # a multilingual model's locale or "auto" (see set_language)
+    hotwords: Hotwords | None = None  # phrase boosting (see set_hotwords)
+    lm: FusionModel | None = None  # n-gram LM fusion
     _text: str = field(default="", init=False)
     _finished: bool = field(default=False, init=False)
 
@@ -131,8 +217,14 @@ class Stream:
         cfg = self.model.config
         mode = cfg.encoder.mode(self.latency_ms)
         self.frontend = StreamingLogMel(cfg.frontend, self.model.window, self.model.filterbank)
-        self.encoder = StreamingEncoder(self.model.backend, cfg.encoder, mode, cfg.frontend.n_mels, self.nemo_compat)
-        self.decoder = GreedyDecoder(self.model.backend, cfg.decoder)
+        self.language = self.model.language(self.language)
+        slot = None if self.language is None else cfg.languages[self.language]
+        self.encoder = StreamingEncoder(self.model.backend, cfg.encoder, mode, cfg.frontend.n_mels, self.nemo_compat,
+                                        language=slot)
+        if self.hotwords is not None or self.lm is not None:
+            self.model.check_fusion()
+        self.decoder = GreedyDecoder(self.model.backend, cfg.decoder, lm=self.lm, hotwords=self.hotwords)
+        self._pending_hotwords: list[Hotwords | None] = []  # set_hotwords: applied at the next chunk
         self._incremental = IncrementalText(self.model.text)  # the text, decoded as tokens arrive
         self._lock = threading.Lock()  # one call at a time per stream, even if callers share it by mistake
 
@@ -184,6 +276,41 @@ class Stream:
         step width, first step or not) fix the mel input's width and the `drop` count."""
         return (self.latency_ms, self.encoder.next_width(), self.encoder.steps == 0)
 
+    def set_language(self, language: str) -> None:
+        """Switch a multilingual stream's language from its next encoder step on. The prompt acts after the
+        encoder and its caches never depend on it, so the switch is exact at any chunk boundary."""
+        checked = self.model.language(language)
+        with self._lock:
+            self.language = checked
+            self.encoder.cache.language = self.model.config.languages[checked]
+
+    def set_hotwords(self, phrases: Hotwords | list[str | PhraseSpec] | None, score: float = DEFAULT_SCORE,
+                     context_score: float = DEFAULT_CONTEXT_SCORE, depth_scaling: float = DEFAULT_DEPTH_SCALING,
+                     max_bonus: float | None = None) -> Hotwords | None:
+        """Replace this stream's hotwords (None or [] removes them) from the next chunk decoded on; the
+        phrases are compiled (and checked) now. Returns what was compiled."""
+        compiled = None
+        if phrases is not None and not (isinstance(phrases, list) and not phrases):
+            compiled = self.model.hotwords(phrases, score=score, context_score=context_score,
+                                           depth_scaling=depth_scaling, max_bonus=max_bonus)
+        with self._lock:
+            self._pending_hotwords = [compiled]
+        return compiled
+
+    @property
+    def hotword_matches(self) -> list[tuple[str, float]]:
+        """(phrase, time in seconds of the token completing it) for each hotword found so far."""
+        frame_s = self.model.config.frame_seconds
+        toks = self.decoder.tokens
+        return [(phrase, round(toks[i].frame * frame_s, 3)) for i, phrase in self.decoder.hotword_matches]
+
+    @property
+    def detected_language(self) -> str | None:
+        """The language of the stream so far: the one set, or in `auto` mode the last one the model tagged."""
+        if self.language == "auto":
+            return self.model.text.last_language([t.id for t in self.decoder.tokens])
+        return self.language
+
     def feed(self, samples: np.ndarray) -> int:
         """Buffer float32 mono samples as mel frames WITHOUT encoding them, for a caller that batches the
         encoder steps of many streams (`runtime.batch`). Returns the mel frames buffered."""
@@ -229,9 +356,14 @@ class Stream:
             audio_s=self.frontend.samples_seen / self.model.sample_rate,
             latency_ms=self.latency_ms,
             chunks=self.encoder.steps,
+            language=self.detected_language,
+            hotwords=list(dict.fromkeys(phrase for _, phrase in self.decoder.hotword_matches)),
         )
 
     def _decode(self, chunks: list[EncodedChunk]) -> str:
+        if self._pending_hotwords and chunks:
+            self.hotwords = self._pending_hotwords.pop()
+            self.decoder.set_hotwords(self.hotwords)
         emitted = False
         for chunk in chunks:
             new = self.decoder.decode_chunk(chunk.encoded_proj)

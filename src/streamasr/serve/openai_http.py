@@ -1,11 +1,11 @@
 """OpenAI-compatible HTTP routes: `POST /v1/audio/transcriptions`, `GET /v1/models`, `GET /v1/models/{id}`.
 
 Clients written for OpenAI's audio API (the `openai` SDK, dictation apps, agent frameworks) work unchanged with
-`base_url="http://HOST:PORT/v1"` and any api key. Shapes follow OpenAI's (see README "OpenAI-compatible API"):
+`base_url="http://HOST:PORT/v1"` and any api key. Shapes follow OpenAI's (see docs/protocols.md):
 
 - the request is multipart: `file` (anything `streamasr transcribe` reads), `model` (any id; this server has one
-  model and serves every request with it, so clients with a hard-coded `whisper-1` work), `language` (`en`, or
-  absent), `prompt` and `temperature` (ignored), `response_format` (json | text | srt | vtt | verbose_json),
+  model and serves every request with it, so clients with a hard-coded `whisper-1` work), `language` (English models:
+  `en` or absent; a multilingual model: a key of its prompt dictionary or an ISO code, `auto`, absent: its default), `prompt` and `temperature` (ignored), `response_format` (json | text | srt | vtt | verbose_json),
   `timestamp_granularities[]` (word, segment), `include[]` (logprobs), `stream` (true: server-sent events), and
   our `latency` (a latency mode in ms; also accepted as a query parameter; default: the model's);
 - `stream=true` answers `data: {"type": "transcript.text.delta", "delta": ...}` events carrying only new text,
@@ -45,10 +45,12 @@ from streamasr.formats import (
     verbose_json,
 )
 from streamasr.runtime.stream import Model
+from streamasr.serve.hotwords import hotwords_from_fields
+from streamasr.serve.languages import client_language, reported_language
 from streamasr.serve.scheduler import Scheduler
 from streamasr.serve.session import StreamSession
 
-#: the languages the model transcribes (the English Nemotron checkpoint)
+#: the languages an English model transcribes (a multilingual model lists its own)
 LANGUAGES = ("en",)
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 GRANULARITIES = ("word", "segment")
@@ -107,12 +109,13 @@ class TranscriptionRequest:
     path: Path
     filename: str
     response_format: str
-    language: str
+    language: str | None  # the model's language key (None: an English model)
     latency_ms: int
     words: bool
     segments: bool
     logprobs: bool
     stream: bool
+    hotwords: Any = None  # our `hotwords` form fields, compiled (serve/hotwords.py)
 
 
 @dataclass
@@ -144,7 +147,7 @@ class OpenAIRoutes:
         return {"id": model.config.model_id, "object": "model", "created": self.created, "owned_by": "streamasr",
                 "latency_modes_ms": model.latency_modes,
                 "default_latency_ms": model.config.encoder.default_latency_ms,
-                "languages": list(LANGUAGES), "sample_rate": model.sample_rate}
+                "languages": list(model.languages) or list(LANGUAGES), "sample_rate": model.sample_rate}
 
     async def models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [self._card()]})
@@ -235,10 +238,10 @@ class OpenAIRoutes:
         if fmt not in RESPONSE_FORMATS:
             raise APIError(400, f"response_format {fmt!r} is not supported; use one of "
                                 f"{', '.join(RESPONSE_FORMATS)}", param="response_format", code="invalid_value")
-        language = (one("language") or "en").lower().replace("_", "-")
-        if language.split("-")[0] not in LANGUAGES:
-            raise APIError(400, f"language {one('language')!r} is not supported; this model transcribes "
-                                f"{', '.join(LANGUAGES)}", param="language", code="unsupported_language")
+        try:
+            language = client_language(self.server.model, one("language"))
+        except StreamASRError as exc:
+            raise APIError(400, str(exc), param="language", code="unsupported_language") from None
         granularities = [g.strip().lower() for g in fields.get("timestamp_granularities[]", [])
                          + fields.get("timestamp_granularities", [])]
         bad = [g for g in granularities if g not in GRANULARITIES]
@@ -260,15 +263,20 @@ class OpenAIRoutes:
         except StreamASRError as exc:
             raise APIError(400, str(exc), param="latency", code="invalid_value") from None
         try:
+            hotwords = hotwords_from_fields(self.server.model, fields)
+        except StreamASRError as exc:
+            raise APIError(400, str(exc), param="hotwords", code="invalid_value") from None
+        try:
             open_audio_file(path).close()
         except AudioError as exc:
             message = str(exc).replace(str(path), filename)
             raise APIError(400, f"{message}; send audio in a format libsndfile reads (WAV, FLAC, OGG, MP3)",
                            param="file", code="invalid_file_format") from None
-        return TranscriptionRequest(path=path, filename=filename, response_format=fmt, language="en",
+        return TranscriptionRequest(path=path, filename=filename, response_format=fmt, language=language,
                                     latency_ms=latency, words=not granularities or "word" in granularities,
                                     segments=not granularities or "segment" in granularities,
-                                    logprobs="logprobs" in include, stream=stream_value in ("true", "1"))
+                                    logprobs="logprobs" in include, stream=stream_value in ("true", "1"),
+                                    hotwords=hotwords)
 
     # ---------------------------------------------------------------- recognition
     async def _run(self, request: web.Request, req: TranscriptionRequest,
@@ -286,7 +294,10 @@ class OpenAIRoutes:
             loop.call_soon_threadsafe(queue.put_nowait, (event, session.stream.text))
 
         session = StreamSession(model, req.latency_ms, server.config.endpoint, emit=emit,
-                                on_done=lambda: loop.call_soon_threadsafe(queue.put_nowait, _DONE))
+                                on_done=lambda: loop.call_soon_threadsafe(queue.put_nowait, _DONE),
+                                language=req.language)
+        if req.hotwords is not None:
+            session.stream.set_hotwords(req.hotwords)
         # flow control must let at least one whole encoder step in (the first is the widest), or a small
         # --max-backlog would leave the stream waiting for audio that is never fed
         fe = model.config.frontend
@@ -371,7 +382,8 @@ class OpenAIRoutes:
             return web.json_response(body)
         if fmt == "verbose_json":
             return web.json_response(verbose_json(transcript.text, transcript.segments, transcript.duration,
-                                                  req.language, words=req.words, with_segments=req.segments))
+                                                  reported_language(self.server.model, req.language),
+                                                  words=req.words, with_segments=req.segments))
         assert fmt in EXTENSIONS
         return web.Response(text=render(fmt, transcript.text, transcript.segments, transcript.duration),
                             content_type=_CONTENT_TYPES[fmt], charset="utf-8")

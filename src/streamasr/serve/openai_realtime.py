@@ -62,6 +62,7 @@ from streamasr.audio import pcm_to_float
 from streamasr.errors import StreamASRError
 from streamasr.runtime.endpoint import EndpointConfig
 from streamasr.runtime.stream import Model
+from streamasr.serve.languages import client_language, reported_language
 from streamasr.serve.scheduler import Scheduler
 from streamasr.serve.session import StreamSession
 
@@ -143,9 +144,11 @@ class RealtimeError(Exception):
         self.code, self.param, self.kind = code, param, kind
 
 
-def apply_update(cfg: TranscriptionConfig, session: dict, server_silence_ms: int) -> TranscriptionConfig:
+def apply_update(cfg: TranscriptionConfig, session: dict, server_silence_ms: int,
+                 model: Model | None = None) -> TranscriptionConfig:
     """A new config from a `session.update` (GA or beta shape) or `transcription_session.update`; the
-    old one stays in force when anything is refused, as with OpenAI."""
+    old one stays in force when anything is refused, as with OpenAI. `model` checks the language (without
+    one only English is accepted)."""
     if not isinstance(session, dict):
         raise RealtimeError("session must be an object", param="session")
     new = replace(cfg, include=list(cfg.include))
@@ -166,10 +169,16 @@ def apply_update(cfg: TranscriptionConfig, session: dict, server_silence_ms: int
         if not isinstance(transcription, dict):
             raise RealtimeError("the transcription settings must be an object", param="transcription")
         language = transcription.get("language", new.language)
-        if language not in (None, "") and not str(language).lower().startswith("en"):
+        if model is not None:
+            try:
+                new.language = reported_language(model, client_language(model, language))
+            except StreamASRError as exc:
+                raise RealtimeError(str(exc), param="transcription.language") from None
+        elif language not in (None, "") and not str(language).lower().startswith("en"):
             raise RealtimeError(f"language {language!r} is not supported: this model transcribes English ('en')",
                                 param="transcription.language")
-        new.language = language or "en"
+        else:
+            new.language = language or "en"
         new.model = str(transcription.get("model") or new.model)
         new.prompt = str(transcription.get("prompt") or "")  # accepted, not used (no prompting in RNN-T)
     if "turn_detection" in audio_in or "turn_detection" in session:
@@ -306,7 +315,8 @@ class RealtimeConnection:
         self.latency_ms = self.model.config.encoder.default_latency_ms
         self.endpoint = server.config.endpoint
         self.config = TranscriptionConfig(model=self.model.config.model_id, turn_detection=_turn_detection(
-            {"type": "server_vad"}, self.endpoint.silence_ms or 500))  # on by default, echoing the server's rule
+            {"type": "server_vad"}, self.endpoint.silence_ms or 500),  # on by default, echoing the server's rule
+            language=reported_language(self.model, self.model.default_language))
         self._events = itertools.count(1)
         self._items = itertools.count(1)
         self._gens = itertools.count(1)
@@ -455,7 +465,7 @@ class RealtimeConnection:
             self._error(str(exc), exc.code, exc.param, event_id, exc.kind)
 
     def _on_session_update(self, event: dict) -> None:
-        new = apply_update(self.config, event.get("session", {}), self.endpoint.silence_ms or 500)
+        new = apply_update(self.config, event.get("session", {}), self.endpoint.silence_ms or 500, self.model)
         if self.turn is not None and new.rate != self.turn.rate:
             self._feed(self.turn, self.turn.set_rate(new.rate))
         # the turn mode and endpointing apply from the next turn's stream (a stream's endpointer is fixed)
@@ -515,7 +525,8 @@ class RealtimeConnection:
                                     emit=lambda ev: self._from_scheduler(holder[0], ev),
                                     on_latency=self.server.metrics.observe_latency,
                                     on_done=lambda: self.loop.call_soon_threadsafe(self.queue.put_nowait,
-                                                                                   (gen, _DONE)))
+                                                                                   (gen, _DONE)),
+                                    language=self.config.language if self.model.languages else None)
             turn = _Turn(gen, session, self.config.rate, manual, self.audio_s)
             holder.append(turn)
             self.turn = self.live[gen] = turn

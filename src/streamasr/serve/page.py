@@ -29,6 +29,7 @@ body{font-family:system-ui,sans-serif;max-width:46rem;margin:2rem auto;padding:0
 </style></head><body>
 <h1>streamasr live recognition</h1>
 <p><label>Latency <select id="latency">__OPTIONS__</select> ms</label>
+<label __LANGUAGE_HIDDEN__>Language <select id="language">__LANGUAGES__</select></label>
 <button id="start">Start</button> <button id="stop" disabled>Stop</button> <span id="status">idle</span></p>
 <p id="error" role="alert" hidden></p>
 <div id="finals"></div><div id="partial"></div>
@@ -97,7 +98,7 @@ let ws = null, ctx = null, stream = null, node = null, stopping = false;
 const $ = (id) => document.getElementById(id);
 function status(t) { $('status').textContent = t; }
 function error(t) { $('error').textContent = t; $('error').hidden = !t; }
-function busy(on) { $('start').disabled = on; $('latency').disabled = on; }
+function busy(on) { $('start').disabled = on; $('latency').disabled = on; $('language').disabled = on; }
 $('start').onclick = async () => {
   busy(true); error(''); stopping = false; $('finals').replaceChildren(); $('partial').textContent = '';
   // the context is created inside the click (a user gesture), so that autoplay rules do not leave it
@@ -115,7 +116,8 @@ $('start').onclick = async () => {
   node = new AudioWorkletNode(ctx, 'pcm16k', {numberOfOutputs: 0});
   const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
   const latency = encodeURIComponent($('latency').value);
-  ws = new WebSocket(`${proto}//${location.host}/v1/stream?latency=${latency}&sample_rate=16000&encoding=pcm_s16le`);
+  const language = $('language').value ? '&language=' + encodeURIComponent($('language').value) : '';
+  ws = new WebSocket(`${proto}//${location.host}/v1/stream?latency=${latency}${language}&sample_rate=16000&encoding=pcm_s16le`);
   ws.binaryType = 'arraybuffer';
   status('connecting');
   ws.onopen = () => { status('listening'); $('stop').disabled = false; };
@@ -124,7 +126,11 @@ $('start').onclick = async () => {
     if (ev.type === 'partial') $('partial').textContent = ev.text;
     else if (ev.type === 'final') {
       $('partial').textContent = '';
-      if (ev.text) { const p = document.createElement('p'); p.textContent = ev.text; p.className = 'final'; $('finals').appendChild(p); }
+      if (ev.text) {
+        const p = document.createElement('p'); p.textContent = ev.text; p.className = 'final';
+        if (ev.language) { p.lang = ev.language; p.dataset.language = ev.language; p.title = ev.language; }
+        $('finals').appendChild(p);
+      }
     } else if (ev.type === 'error') error('server: ' + ev.message);
   };
   ws.onclose = (e) => {
@@ -156,9 +162,15 @@ $('stop').onclick = () => {
 """
 
 
-def page_html(latency_modes: list[int], default_latency: int) -> str:
-    """The page with one <option> per latency mode of the served model, `default_latency` selected."""
+def page_html(latency_modes: list[int], default_latency: int, languages: list[str] | None = None,
+              default_language: str | None = None) -> str:
+    """The page with one <option> per latency mode of the served model, `default_latency` selected, and for a
+    multilingual model a language picker (`default_language` selected); hidden for a model without one."""
     options = "".join(
         f'<option value="{int(m)}"{" selected" if m == default_latency else ""}>{html.escape(str(m))}</option>'
         for m in latency_modes)
-    return _PAGE.replace("__OPTIONS__", options)
+    picks = "".join(
+        f'<option value="{html.escape(k)}"{" selected" if k == default_language else ""}>{html.escape(k)}</option>'
+        for k in languages or [])
+    return (_PAGE.replace("__OPTIONS__", options).replace("__LANGUAGES__", picks)
+            .replace("__LANGUAGE_HIDDEN__", "" if languages else "hidden"))

@@ -1,7 +1,8 @@
 """The WebSocket server (aiohttp): `/v1/stream`, `/health`, `/metrics` and the browser page at `/`.
 
 Protocol (see README): the client opens `/v1/stream?latency=160&sample_rate=16000&encoding=pcm_s16le`
-(optionally `&vad=silero` or `&vad=off` to override the server's VAD endpointing for this stream),
+(optionally `&vad=silero` or `&vad=off` to override the server's VAD endpointing for this stream, and for a
+multilingual model `&language=de-DE` or `auto`; finals then carry each utterance's `language`),
 sends binary frames of little-endian PCM (any number of whole samples per frame) and receives JSON text
 messages: `partial`, `final` (at each endpoint and once at the end) and `error`. It ends with the text
 message `{"type": "end"}`; the server answers with the last final and closes with code 1000.
@@ -43,6 +44,7 @@ from streamasr.runtime.endpoint import EndpointConfig
 from streamasr.runtime.stream import Model
 from streamasr.runtime.vad import silero_session
 from streamasr.serve import openai_http, openai_realtime
+from streamasr.serve.hotwords import hotwords_from_config, hotwords_from_query
 from streamasr.serve.metrics import CONTENT_TYPE, Metrics, Snapshot
 from streamasr.serve.page import page_html
 from streamasr.serve.scheduler import LOAD_WINDOW_S, Scheduler
@@ -160,7 +162,8 @@ class Server:
     async def handle_health(self, request):
         return web.json_response({
             "status": "ok", "model": self.model.config.model_id, "sample_rate": self.model.sample_rate,
-            "latency_modes": self.model.latency_modes, "active_streams": self.active,
+            "latency_modes": self.model.latency_modes, "languages": list(self.model.languages),
+            "default_language": self.model.default_language, "active_streams": self.active,
             "open_streams": self.active, "max_streams": self.config.max_streams, "vad": self.config.endpoint.vad,
         })
 
@@ -186,7 +189,8 @@ class Server:
                         busy_s=self.scheduler.busy_s, load=self.scheduler.load())
 
     async def handle_index(self, request):
-        return web.Response(text=page_html(self.model.latency_modes, self.model.config.encoder.default_latency_ms),
+        return web.Response(text=page_html(self.model.latency_modes, self.model.config.encoder.default_latency_ms,
+                                           list(self.model.languages), self.model.default_language),
                             content_type="text/html", charset="utf-8")
 
     # ---------------------------------------------------------------- the stream
@@ -244,6 +248,8 @@ class Server:
         try:
             latency, encoding = self.parse_params(request.query)
             endpoint = self.stream_endpoint(request.query)
+            hotwords = hotwords_from_query(self.model, request.query)
+            language = self.model.language(request.query.get("language"))  # one line naming the languages
         except StreamASRError as exc:
             self.metrics.stream_rejected("websocket")
             await self._refuse(ws, str(exc), CLOSE_POLICY)
@@ -254,8 +260,11 @@ class Server:
         session = StreamSession(self.model, latency, endpoint,
                                 emit=lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev),
                                 on_latency=self.metrics.observe_latency,
-                                on_done=lambda: loop.call_soon_threadsafe(queue.put_nowait, _DONE))
+                                on_done=lambda: loop.call_soon_threadsafe(queue.put_nowait, _DONE),
+                                language=language)
         session.every_chunk = request.query.get("every_chunk", "0") in ("1", "true")
+        if hotwords is not None:
+            session.stream.set_hotwords(hotwords)
         opened = _OpenStream(session, ws)
         opened.sender = asyncio.create_task(self._send_loop(ws, queue, opened))
         self._open[session.id] = opened
@@ -363,8 +372,17 @@ class Server:
                 if kind == "end":
                     await self._flush_and_close(opened, CLOSE_NORMAL, "")
                     return
-                await ws.send_json({"type": "error", "message": "unknown text message; the only control message "
-                                    'is {"type": "end"}; send audio as binary frames'})
+                if kind == "config":  # per-stream hotwords, from the stream's next chunk on
+                    try:
+                        hotwords = session.stream.set_hotwords(hotwords_from_config(self.model, control))
+                    except StreamASRError as exc:
+                        await ws.send_json({"type": "error", "message": f"config: {exc}"})
+                        continue
+                    await ws.send_json({"type": "config", "hotwords": list(hotwords.phrases) if hotwords else []})
+                    continue
+                await ws.send_json({"type": "error", "message": "unknown text message; the control messages "
+                                    'are {"type": "end"} and {"type": "config", "hotwords": [...]}; send audio '
+                                    "as binary frames"})
             elif msg.type == WSMsgType.ERROR:
                 self.metrics.count("client_errors")
                 exc = ws.exception() or msg.data

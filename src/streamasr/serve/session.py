@@ -33,11 +33,11 @@ COALESCE_S = 0.005
 class StreamSession:
     def __init__(self, model: Model, latency_ms: int, endpoint: EndpointConfig | None = None,
                  emit: Callable[[dict], None] | None = None, on_latency: Callable[[float], None] | None = None,
-                 on_done: Callable[[], None] | None = None):
+                 on_done: Callable[[], None] | None = None, language: str | None = None):
         self.id = next(_ids)
         self.model = model
         self.latency_ms = latency_ms
-        self.stream = model.stream(latency_ms)
+        self.stream = model.stream(latency_ms, language=language)
         self.endpointer = Endpointer(self.stream, endpoint)  # loads the VAD model when endpoint.vad is set
         self.emit = emit or (lambda event: None)
         self.on_latency = on_latency

@@ -13,7 +13,8 @@ tests use as the client): every event is one UTF-8 JSON header line ending in `\
 Events (one request per connection, as wyoming-faster-whisper does):
 
     describe                                   -> info (one asr program; one model per latency mode)
-    transcribe {name?, language?}              (optional; `name` picks a latency, `language` must be English)
+    transcribe {name?, language?}              (optional; `name` picks a latency; `language`: English, or one of a
+                                               multilingual model's languages)
     audio-start {rate, width, channels}        -> transcript-start {language}
     audio-chunk {rate, width, channels} + PCM  -> transcript-chunk {text: only the new text}, as chunks decode
     audio-stop                                 -> transcript {text, language}, transcript-stop; the server closes
@@ -48,6 +49,7 @@ from streamasr import __version__
 from streamasr.audio import MIN_SAMPLE_RATE, pcm_to_float, to_mono
 from streamasr.errors import AudioError, StreamASRError
 from streamasr.runtime.stream import Model
+from streamasr.serve.languages import client_language, reported_language
 from streamasr.serve.session import StreamSession
 
 log = logging.getLogger("streamasr.serve")
@@ -233,7 +235,7 @@ def info_event(model: Model) -> Event:
         models.append({"name": name, "attribution": attribution, "installed": True, "version": None,
                        "description": f"{model.config.model_id}, streaming at {ms} ms latency"
                                       + (" (default)" if ms == default else ""),
-                       "languages": list(LANGUAGES)})
+                       "languages": list(model.languages) or list(LANGUAGES)})
     program = {"name": PROGRAM_NAME, "attribution": {"name": "streamasr", "url": ""},
                "installed": True, "version": __version__,
                "description": "real-time streaming speech recognition on CPU (ONNX Runtime)", "models": models,
@@ -301,6 +303,7 @@ class _Connection:
         self.reader, self.writer = reader, writer
         self.out: asyncio.Queue = asyncio.Queue()  # ("event", Event) | ("text", str) | ("done", str) | ...
         self.latency_ms = self.model.config.encoder.default_latency_ms
+        self.language = self.model.default_language  # the model's key (None: an English model)
         self.session: StreamSession | None = None
         self.format: AudioFormat | None = None
         self.resampler: soxr.ResampleStream | None = None
@@ -387,7 +390,7 @@ class _Connection:
             self._chunk(AudioFormat.from_data(data), event.payload)
         elif kind == "audio-stop":
             if self.session is None:  # no audio at all: an empty transcript, as wyoming-faster-whisper answers
-                self.out.put_nowait(("event", Event("transcript", {"text": "", "language": LANGUAGES[0]})))
+                self.out.put_nowait(("event", Event("transcript", {"text": "", "language": reported_language(self.model, self.language)})))
                 self.out.put_nowait(("close", None))
                 return True
             self._stop()
@@ -399,10 +402,13 @@ class _Connection:
 
     def _transcribe(self, data: dict) -> None:
         language, name = data.get("language"), data.get("name")
-        if language is not None and (not isinstance(language, str)
-                                     or language.replace("_", "-").split("-")[0].lower() not in LANGUAGES):
-            raise WyomingError(f"language {language!r} is not supported; this model speaks {', '.join(LANGUAGES)}",
-                               "unsupported-language")
+        if language is not None:
+            if not isinstance(language, str):
+                raise WyomingError(f"language {language!r} is not a string", "unsupported-language")
+            try:
+                self.language = client_language(self.model, language)
+            except StreamASRError as exc:
+                raise WyomingError(str(exc), "unsupported-language") from None
         if name is not None and name != PROGRAM_NAME:
             names = model_names(self.model)
             if not isinstance(name, str) or name not in names:
@@ -431,7 +437,7 @@ class _Connection:
         endpoint = replace(self.server.config.endpoint, vad=None)
         session = StreamSession(self.model, self.latency_ms, endpoint, emit=emit,
                                 on_latency=self.server.metrics.observe_latency,
-                                on_done=lambda: post(("done", session.stream.text)))
+                                on_done=lambda: post(("done", session.stream.text)), language=self.language)
         self.format = fmt
         if fmt.rate != self.model.sample_rate:
             self.resampler = soxr.ResampleStream(fmt.rate, self.model.sample_rate, 1, dtype="float32",
@@ -440,7 +446,8 @@ class _Connection:
         self.server.active += 1
         self.server.metrics.stream_opened(METRICS_PROTOCOL)
         self.server.scheduler.add(session)
-        self.out.put_nowait(("event", Event("transcript-start", {"language": LANGUAGES[0]})))
+        self.out.put_nowait(("event", Event("transcript-start",
+                                            {"language": reported_language(self.model, self.language)})))
 
     def _chunk(self, fmt: AudioFormat, payload: bytes) -> None:
         if fmt != self.format:
@@ -513,7 +520,7 @@ class _Connection:
                         self.writer.write(Event("transcript-chunk", {"text": text[len(sent):]}).encode())
                         sent = text
                     if kind == "done":
-                        self.writer.write(Event("transcript", {"text": text, "language": LANGUAGES[0]}).encode())
+                        self.writer.write(Event("transcript", {"text": text, "language": reported_language(self.model, self.language)}).encode())
                         self.writer.write(Event("transcript-stop").encode())
                         await self.writer.drain()
                         return

@@ -1,0 +1,63 @@
+"""`canary`: Canary-1B-v2 (FastConformer encoder + Transformer decoder) through transformers, batch.
+
+random: builds transformers' `CanaryConfig()` (the 1B-v2 shape: 32 encoder layers, 8 decoder layers,
+d_model 1024, 16384 tokens) with random weights and generates a fixed, speech-like number of tokens
+(`hf_common`). Chunked AlignAtt streaming exists only inside NeMo's AED decoding for a real checkpoint, so
+it is not offered here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from streamasr.eval.compare.backend import (
+    SAMPLE_RATE,
+    SystemInfo,
+    Transcript,
+    param_bytes,
+)
+from streamasr.eval.compare.hf_common import fixed_tokens, hub_only, require, run_mode
+from streamasr.eval.compare.spec import SystemSpec
+
+name = "canary"
+modes = ("batch",)
+extra = "verify"
+PROMPT_LEN = 9  # Canary's multitask prompt (context, language, task, punctuation, ... tokens)
+
+
+class CanarySystem:
+    def __init__(self, spec: SystemSpec, threads: int):
+        model_cls = require(name, "CanaryForConditionalGeneration", threads)
+        config_cls = require(name, "CanaryConfig", threads)
+        extractor_cls = require(name, "ParakeetFeatureExtractor", threads)
+        if not spec.random:
+            raise hub_only(name, spec.model)
+        import torch
+
+        torch.manual_seed(0)
+        self.model = model_cls(config_cls()).eval()
+        self.extractor = extractor_cls(feature_size=128)
+        self.mode = spec.mode
+        self.prompt = torch.tensor([[self.model.config.decoder_start_token_id] + [16] * (PROMPT_LEN - 1)])
+        self.info = SystemInfo(model_id="canary:random (CanaryConfig(), the 1B-v2 shape)",
+                               size_bytes=param_bytes(self.model), algorithmic_delay_s=spec.mode.algorithmic_delay_s,
+                               random_weights=True, streams=False, precision="fp32 (PyTorch, transformers)",
+                               notes=["random decoder: fixed 3 tokens/s, EOS suppressed"])
+
+    def _decode(self, audio: np.ndarray) -> str:
+        import torch
+
+        feats = self.extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt", return_attention_mask=True)
+        n = fixed_tokens(audio.size / SAMPLE_RATE)
+        with torch.inference_mode():
+            out = self.model.generate(input_features=feats["input_features"], attention_mask=feats["attention_mask"],
+                                      decoder_input_ids=self.prompt, min_new_tokens=n, max_new_tokens=n,
+                                      do_sample=False)
+        return " ".join(f"t{int(t)}" for t in out[0, self.prompt.shape[1]:])
+
+    def transcribe(self, samples: np.ndarray) -> Transcript:
+        return run_mode(self.mode, samples, self._decode)
+
+
+def load(spec: SystemSpec, threads: int) -> CanarySystem:
+    return CanarySystem(spec, threads)
