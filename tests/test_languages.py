@@ -78,12 +78,12 @@ def test_server_language_query(prompt_model_dir, prompt_model, speech):
     port = st.start()
     try:
         x = speech[AUDIO][: 16000 * 6]
-        url = stream_url(f"ws://127.0.0.1:{port}", 320) + "&language=fr-FR"
+        url = stream_url(f"ws://127.0.0.1:{port}", 320, "pcm_f32le") + "&language=fr-FR"
         res = transcribe_url(url, x, block_ms=100, encoding="pcm_f32le", timeout=60)
         assert res.close_code == 1000 and not res.errors
         assert res.finals[-1]["language"] == "fr-FR"
         assert res.finals[-1]["text"] == prompt_model.transcribe(x, 320, language="fr-FR").text.strip()
-        bad = transcribe_url(stream_url(f"ws://127.0.0.1:{port}", 320) + "&language=xx-XX", x[:16000],
+        bad = transcribe_url(stream_url(f"ws://127.0.0.1:{port}", 320, "pcm_f32le") + "&language=xx-XX", x[:16000],
                              block_ms=100, encoding="pcm_f32le", timeout=60)
         assert bad.close_code == 1008 and "unknown language 'xx-XX'" in bad.errors[0]["message"]
     finally:

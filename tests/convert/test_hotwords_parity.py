@@ -17,7 +17,7 @@ from streamasr.eval.nemo_boosting import fused_decoding, write_token_arpa
 from streamasr.eval.nemo_reference import nemo_streaming
 from streamasr.runtime.batch import decode_streams
 
-FILES = ["arctic_slt_a0001.wav", "arctic_slt_a0002.wav"]
+FILES = ["ls_2412-153948-0000.wav", "arctic_slt_a0002.wav"]
 PHRASE_SOURCES = ["ls_1272-128104-0000.wav", "jfk_inaugural_1961.wav"]
 LM_SOURCES = ["ls_1272-141231-0002.wav", "ls_3536-23268-0010.wav", "librivox_sense_and_sensibility_0870.wav",
               "librivox_sense_and_sensibility_0890.wav", "jfk_inaugural_1961.wav"]

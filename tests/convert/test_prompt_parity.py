@@ -29,14 +29,19 @@ def test_prompt_model_is_speech_like_and_the_language_matters(nemo_prompt_built,
     assert model.languages["auto"] == 101 and model.languages["no"] == 27 and model.default_language == "en-US"
     assert model.latency_modes == [80, 320, 560, 1120] and model.config.encoder.default_latency_ms == 320
     differ = 0
+    tokens = dict.fromkeys(LANGUAGES + ["fr-FR"], 0)
+    frames = 0.0
     for name in FILES:
         outputs = {}
-        for language in LANGUAGES + ["fr-FR"]:
+        for language in tokens:
             result = model.transcribe(speech[name], language=language)
-            frames = result.audio_s / model.config.frame_seconds
-            assert 3 <= len(result.token_ids) <= 2 * frames, (name, language, len(result.token_ids))
+            assert result.token_ids, (name, language)  # every language decodes every file into something
+            tokens[language] += len(result.token_ids)
             outputs[language] = tuple(result.token_ids)
+        frames += result.audio_s / model.config.frame_seconds
         differ += len(set(outputs.values())) == len(outputs)
+    for language, n in tokens.items():  # a few tenths of a token per frame in every language
+        assert 0.05 <= n / frames <= 1.5, (language, n, frames)
     assert differ >= 2, "the language prompt must change the tokens on most files"
 
 
@@ -105,7 +110,7 @@ def test_auto_mode_reports_the_tagged_language(nemo_prompt_built):
     model = nemo_prompt_built["model"]
     text = model.text
     tag = next(i for i, p in enumerate(text.pieces) if p.strip("\u2581") == "<de-DE>")
-    word = next(i for i, p in enumerate(text.pieces) if p.startswith("\u2581") and p[1:].isalpha() and len(p) > 3)
+    word = next(i for i, p in enumerate(text.pieces) if p.startswith("\u2581") and len(p) > 1 and p[1:].isalpha())
     assert text.language_of(tag) == "de-DE" and text.language_of(word) is None
     ids = [word, tag, word]
     assert "<" not in text.decode(ids) and text.decode(ids) == text.decode([word]) + " " + text.decode([word]).strip()

@@ -176,5 +176,7 @@ class Endpointer:
         self._seg_frame = end_frame
         self.finals += 1
         ids = [t.id for t in toks]
-        language = text_decoder.last_language(ids) if self.stream.language == "auto" else self.stream.language
+        language = getattr(self.stream, "language", None)  # (streams of a model without a prompt: None)
+        if language == "auto":
+            language = text_decoder.last_language(ids)
         return Final(text_decoder.decode(ids).strip(), start, end, reason, words, language)

@@ -341,7 +341,10 @@ class Stream:
             if self._finished:
                 raise RuntimeError("finish() called twice")
             self._finished = True
-            self._decode(self.encoder.finish(self.frontend.finish()))
+            tail = self.frontend.finish()
+            if self.frontend.samples_seen == 0:  # no audio at all: nothing to encode (the centred STFT would
+                tail = tail[:0]  # still make one frame of padding, which a model may read as a token)
+            self._decode(self.encoder.finish(tail))
             return self.result()
 
     def result(self) -> Result:
