@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from streamasr.cli.common import prepare_output_dir, random_build_progress
+from streamasr.cli.common import output_paths, prepare_output_dir, random_build_progress
 from streamasr.errors import ModelError, StreamASRError
 from streamasr.formats import EXTENSIONS
 from streamasr.model_config import ModelConfig
@@ -113,17 +113,7 @@ def _read_manifest(path: Path) -> list[Path]:
 def plan_outputs(files: list[Path], out: Path, fmt: str) -> dict[Path, Path]:
     """Input -> its output file (NAME.EXT, as the single-process run names it); two inputs that would write
     the same file are an error before any work."""
-    ext = EXTENSIONS[fmt]
-    paths: dict[Path, Path] = {}
-    seen: dict[Path, Path] = {}
-    for f in files:
-        target = out / f"{f.stem}.{ext}"
-        if target in seen:
-            raise StreamASRError(f"{seen[target]} and {f} would both be written to {target}; transcribe them into "
-                                 "different --output-dir folders")
-        seen[target] = f
-        paths[f] = target
-    return paths
+    return output_paths(files, out, EXTENSIONS[fmt])
 
 
 def _check_args(args: argparse.Namespace) -> Path:

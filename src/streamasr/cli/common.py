@@ -84,6 +84,22 @@ def fusion_options(args: argparse.Namespace, model: Model, phrases: list[PhraseS
     return options
 
 
+def output_paths(names: list, out_dir: Path, ext: str) -> dict:
+    """Input -> the file it is written to under `out_dir`: NAME.EXT after the input's stem (stdin, `-`:
+    stdin.EXT), as both the single-process and the Ray path name them. Two inputs that would write the same
+    file are an error, said before any work."""
+    paths: dict = {}
+    seen: dict[Path, object] = {}
+    for name in names:
+        path = Path(out_dir) / f"{'stdin' if str(name) == '-' else Path(name).stem}.{ext}"
+        if path in seen:
+            raise StreamASRError(f"{seen[path]} and {name} would both be written to {path}; transcribe them into "
+                                 "different --output-dir folders")
+        seen[path] = name
+        paths[name] = path
+    return paths
+
+
 def random_build_progress(source: str | None) -> Progress | None:
     """For a `random:NAME` source, a progress callback printing each build step to stderr (the first build
     takes about a minute, which a command should not spend silent); None for any other source."""

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from streamasr.audio import iter_audio, iter_pcm, open_audio_file, stream_resample
-from streamasr.cli import bulk
+from streamasr.cli import bulk, common
 from streamasr.cli.common import (
     LiveLine,
     add_fusion_args,
@@ -142,22 +142,12 @@ def transcribe_document(model: Model, name: str, fmt: str, latency: int, nemo_co
     return render_document(fmt, result, segments, to_file=True), result
 
 
-def output_paths(args: argparse.Namespace) -> dict[str, Path]:
+def planned_outputs(args: argparse.Namespace) -> dict[str, Path]:
     """Input -> the file it is written to under --output-dir (NAME.EXT; stdin: stdin.EXT). Two inputs that
     would write the same file are an error, said before any work."""
     if args.output_dir is None:
         return {}
-    ext = EXTENSIONS[args.format]
-    paths: dict[str, Path] = {}
-    seen: dict[Path, str] = {}
-    for name in args.audio:
-        path = Path(args.output_dir) / f"{'stdin' if name == '-' else Path(name).stem}.{ext}"
-        if path in seen:
-            raise StreamASRError(f"{seen[path]} and {name} would both be written to {path}; transcribe them into "
-                                 "different --output-dir folders")
-        seen[path] = name
-        paths[name] = path
-    return paths
+    return common.output_paths(args.audio, Path(args.output_dir), EXTENSIONS[args.format])
 
 
 def check_inputs(args: argparse.Namespace) -> None:
@@ -177,7 +167,7 @@ def check_inputs(args: argparse.Namespace) -> None:
     elif args.format in ("srt", "vtt", "tsv") and len(args.audio) > 1:
         raise StreamASRError(f"{len(args.audio)} inputs would print their {args.format} files one after another on "
                              "stdout; give --output-dir DIR to write one file per input")
-    output_paths(args)
+    planned_outputs(args)
 
 
 def _write(path: Path, text: str) -> None:
@@ -212,7 +202,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     latency = model.latency(args.latency)
     language = model.language(args.language)
     fusion = fusion_options(args, model, phrases)
-    paths = output_paths(args)
+    paths = planned_outputs(args)
     document = args.format not in (None, "text") or args.output_dir is not None
     for name in args.audio:
         if name == "-":
