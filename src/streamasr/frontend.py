@@ -12,9 +12,33 @@ value has arrived, and pre-emphasis and framing are continuous across `accept()`
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from streamasr.model_config import FrontendConfig
+
+_blas_lock = threading.Lock()
+_blas: ThreadpoolController | None = None
+
+
+@contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """Run numpy's BLAS on one thread inside the block (its setting is restored after).
+
+    A chunk's mel projection is a product of a few rows, large enough for OpenBLAS to split over its threads,
+    which then spin-wait after the call: in a streaming process that takes most of a core from ONNX
+    Runtime's pool between encoder steps. One thread does the product in microseconds. The lock keeps
+    concurrent streams from restoring each other's setting."""
+    global _blas
+    with _blas_lock:
+        if _blas is None:
+            _blas = ThreadpoolController()
+        with _blas.limit(limits=1, user_api="blas"):
+            yield
 
 
 class StreamingLogMel:
@@ -89,7 +113,9 @@ class StreamingLogMel:
         frames = np.lib.stride_tricks.sliding_window_view(seg, n_fft)[::hop]
         spec = np.fft.rfft(frames * self._window, axis=-1)
         power = np.abs(spec) ** np.float32(self.cfg.mag_power)  # sqrt then square, as NeMo
-        mel = np.log(power @ self._fb + np.float32(self.cfg.log_zero_guard))
+        with one_blas_thread():
+            projected = power @ self._fb
+        mel = np.log(projected + np.float32(self.cfg.log_zero_guard))
         self._next_frame = end_frame
         # drop samples no future frame can use
         keep_from = end_frame * hop - half

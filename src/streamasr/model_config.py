@@ -21,7 +21,10 @@ from streamasr.errors import ModelError
 EXTERNAL_DATA_THRESHOLD = 512 << 20
 
 #: Bumped whenever the directory layout or the graphs' inputs/outputs change incompatibly.
-FORMAT_VERSION = 3  # 2: attention caches in the heads layout; 3: ring buffers, one input per layer (see cache_shapes)
+FORMAT_VERSION = 4  # 2: attention caches in the heads layout; 3: ring buffers, one input per layer (see cache_shapes);
+#                     4: a step's new keys, values and conv states stacked along one axis, fused kernels
+#: the oldest format this runtime reads: a format 3 graph has the same inputs and its outputs reshape to 4's
+MIN_FORMAT_VERSION = 3
 CONFIG_NAME = "config.json"
 
 
@@ -190,9 +193,9 @@ class ModelConfig:
                 f"{directory} uses model format {version}, newer than this streamasr supports "
                 f"({FORMAT_VERSION}); upgrade streamasr or re-convert the model"
             )
-        if version < FORMAT_VERSION:
+        if version < MIN_FORMAT_VERSION:
             raise ModelError(
-                f"{directory} uses model format {version}, older than this streamasr's ({FORMAT_VERSION}): "
+                f"{directory} uses model format {version}, older than this streamasr reads ({MIN_FORMAT_VERSION}): "
                 "its encoder graph has other cache inputs; re-convert it with `streamasr convert`"
             )
         try:

@@ -23,9 +23,10 @@ def _copy(src, dst):
 
 
 def _const_matmuls(path) -> int:
+    """MatMuls with a constant 2-D weight (the per-head position-score table is 3-D: a lookup, not a weight)."""
     m = onnx.load(str(path))
-    inits = {i.name for i in m.graph.initializer}
-    return sum(n.op_type == "MatMul" and n.input[1] in inits for n in m.graph.node)
+    inits = {i.name: i for i in m.graph.initializer}
+    return sum(n.op_type == "MatMul" and n.input[1] in inits and len(inits[n.input[1]].dims) == 2 for n in m.graph.node)
 
 
 def _ops(path) -> dict[str, int]:

@@ -21,6 +21,7 @@ from streamasr.convert.architecture import (
     parse_architecture,
     unused_weights,
 )
+from streamasr.convert.graph_rewrite import fuse_skip_layer_norm
 from streamasr.convert.nemo_file import NemoCheckpoint
 from streamasr.convert.torch_modules import (
     EncoderStep,
@@ -37,7 +38,9 @@ OPSET = 17
 ENCODER_OUTPUTS = ["encoded", "encoded_proj", "k_new", "v_new", "conv_cache_next"]
 
 
-def _export(module, args: tuple, path: Path, inputs: list[str], outputs: list[str], dynamic: dict[str, dict[int, str]]) -> None:
+def _export(module, args: tuple, path: Path, inputs: list[str], outputs: list[str], dynamic: dict[str, dict[int, str]],
+            rewrite: Callable[[Any], int] | None = None) -> None:
+    """torch.onnx.export `module` to `path`, then apply `rewrite` (an in-place graph rewrite) to the graph."""
     import onnx
     import torch
 
@@ -49,6 +52,8 @@ def _export(module, args: tuple, path: Path, inputs: list[str], outputs: list[st
             torch.onnx.export(module, args, str(raw), input_names=inputs, output_names=outputs,
                               dynamic_axes=dynamic, opset_version=OPSET, do_constant_folding=True, dynamo=False)
         model = onnx.load(str(raw))
+        if rewrite is not None:
+            rewrite(model)
         size = sum(t.ByteSize() for t in model.graph.initializer)
         for stale in (path, path.with_name(path.name + ".data")):
             stale.unlink(missing_ok=True)
@@ -78,8 +83,8 @@ def export_encoder(arch: Architecture, sd: dict[str, Any], path: Path, module: E
     dynamic = {name: b for name in inputs[2:]}
     dynamic["mel"] = {0: "batch", 1: "mel_frames"}
     dynamic.update({"encoded": {0: "batch", 1: "frames"}, "encoded_proj": {0: "batch", 1: "frames"},
-                    "k_new": {0: "batch", 3: "frames"}, "v_new": {0: "batch", 3: "frames"}, "conv_cache_next": b})
-    _export(module, args, path, inputs, ENCODER_OUTPUTS, dynamic)
+                    "k_new": {0: "batch", 2: "frames"}, "v_new": {0: "batch", 2: "frames"}, "conv_cache_next": b})
+    _export(module, args, path, inputs, ENCODER_OUTPUTS, dynamic, rewrite=fuse_skip_layer_norm)
 
 
 def export_decoder(arch: Architecture, sd: dict[str, Any], path: Path, module: PredictionStep | None = None) -> None:

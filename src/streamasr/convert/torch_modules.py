@@ -49,11 +49,8 @@ class StepShapes(NamedTuple):
     """Shapes and indices of one step, shared by all layers (int64 tensors; see the module docstring)."""
 
     model: torch.Tensor  # (B, T, D)
-    heads: torch.Tensor  # (B, T, H, d_k)
-    skew_wide: torch.Tensor  # (B, H, S+T, T): the relative shift's first view, S = left + T
-    skew: torch.Tensor  # (B, H, T, S+T-1)
-    pos_index: torch.Tensor  # (S+T-1,) position-table rows: offsets left-1+T ... -(T-1)
-    new_index: torch.Tensor  # (T,) the current frames' key columns, left ... left+T-1
+    qkv_heads: torch.Tensor  # (B, T, 3H, d_k): the fused projection split into heads
+    score_index: torch.Tensor  # (B, H, T, left+T): each score's column in the position-score table
     conv_index: torch.Tensor  # (T, K) the depthwise conv's K shifted views
 
 
@@ -165,41 +162,42 @@ class Attention(nn.Module):
         self.dk = enc.d_model // enc.n_heads
         self.left = enc.left_context
         scale = 1.0 / math.sqrt(self.dk)
-        self.q = Linear(_t(sd, p + "linear_q.weight"), _opt(sd, p + "linear_q.bias"), scale=scale)
-        self.k = Linear(_t(sd, p + "linear_k.weight"), _opt(sd, p + "linear_k.bias"))
-        self.v = Linear(_t(sd, p + "linear_v.weight"), _opt(sd, p + "linear_v.bias"))
-        self.out = Linear(_t(sd, p + "linear_out.weight"), _opt(sd, p + "linear_out.bias"))
+        d = enc.d_model
         # with untie_biases=false NeMo shares one pair between the layers, and its state dict lists that pair
         # under every layer: the layer's own entries are right either way
-        u, v = _t(sd, p + "pos_bias_u"), _t(sd, p + "pos_bias_v")
-        self.pos_bias_u = nn.Parameter((u * scale).reshape(1, self.h, 1, self.dk), requires_grad=False)
-        self.pos_bias_v = nn.Parameter((v * scale).reshape(1, self.h, 1, self.dk), requires_grad=False)
+        u, v = _t(sd, p + "pos_bias_u").reshape(-1), _t(sd, p + "pos_bias_v").reshape(-1)
+        # one projection for queries, keys and values; the query part carries pos_bias_u as its bias, so its
+        # output is already q + u (NeMo adds u to the scaled-down query; the scale is folded in)
+        zero = torch.zeros(d)
+        bq, bk, bv = (_opt(sd, p + f"linear_{n}.bias") for n in "qkv")
+        weight = torch.cat([_t(sd, p + "linear_q.weight") * scale, _t(sd, p + "linear_k.weight"),
+                            _t(sd, p + "linear_v.weight")])
+        bias = torch.cat([((bq if bq is not None else zero) + u) * scale, bk if bk is not None else zero,
+                          bv if bv is not None else zero])
+        self.qkv = Linear(weight, bias)
+        # the position scores use q + v = (q + u) + (v - u)
+        self.pos_bias_vu = nn.Parameter(((v - u) * scale).reshape(1, self.h, 1, self.dk), requires_grad=False)
+        self.out = Linear(_t(sd, p + "linear_out.weight"), _opt(sd, p + "linear_out.bias"))
         pos = pe @ _t(sd, p + "linear_pos.weight").t()  # (R, D), R relative offsets, descending
-        # (H, R, dk): a step's offsets are whole rows of dk values, so selecting them copies contiguous runs
-        self.pos = nn.Parameter(pos.reshape(-1, self.h, self.dk).transpose(0, 1).contiguous(), requires_grad=False)
+        # (H, dk, R): every offset a step can use, in the layout the score MatMul reads
+        self.pos_t = nn.Parameter(pos.reshape(-1, self.h, self.dk).permute(1, 2, 0).contiguous(), requires_grad=False)
 
     def forward(
         self, a: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, mask_bias: torch.Tensor,
-        ring_order: torch.Tensor, shapes: StepShapes,
+        shapes: StepShapes,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """a (B, T, D); k_cache, v_cache (B, H, left, dk) ring buffers; mask_bias (B, 1, 1, left + T);
-        ring_order (B, H, T, left): for each cache slot, its index in oldest-first order. Returns the output
-        and this chunk's new keys and values (B, H, T, dk), which the caller writes into the rings."""
-        q = _reshape(self.q(a), shapes.heads).transpose(1, 2)  # (B, H, T, dk), pre-scaled
-        k_new = _reshape(self.k(a), shapes.heads).transpose(1, 2)  # (B, H, T, dk)
-        v_new = _reshape(self.v(a), shapes.heads).transpose(1, 2)  # (B, H, T, dk)
-        qu = q + self.pos_bias_u
-        # position scores in oldest-first key order: the table's rows for this step's offsets, skewed
-        # into (T, S) as NeMo's rel_shift does
-        pos = torch.index_select(self.pos, 1, shapes.pos_index)  # (H, S+T-1, dk)
-        bd = torch.matmul(q + self.pos_bias_v, pos.transpose(-1, -2))  # (B, H, T, S+T-1)
-        bd = _reshape(_reshape(F.pad(bd, (1, 0)), shapes.skew_wide)[:, :, 1:], shapes.skew)  # (B, H, T, S+T-1)
-        bd_cache = torch.gather(bd[..., : self.left], 3, ring_order)  # into ring-slot order
-        bd_new = torch.index_select(bd, 3, shapes.new_index)  # (B, H, T, T)
+        """a (B, T, D); k_cache, v_cache (B, H, left, dk) ring buffers; mask_bias (B, 1, 1, left + T). Returns
+        the output and this chunk's new keys and values (B, H, T, dk), which the caller writes into the rings."""
+        heads = _reshape(self.qkv(a), shapes.qkv_heads).transpose(1, 2)  # (B, 3H, T, dk)
+        qu, k_new, v_new = torch.split(heads, self.h, dim=1)  # each (B, H, T, dk); qu = (q + u), pre-scaled
+        # position scores against every relative offset, then one gather puts each where its key lies: the
+        # relative shift and the ring order in one index (StepShapes.score_index)
+        bd_all = torch.matmul(qu + self.pos_bias_vu, self.pos_t)  # (B, H, T, R)
+        bias = torch.gather(bd_all, 3, shapes.score_index) + mask_bias  # (B, H, T, left + T)
         # q.K^T with K stored (frames, dk): ONNX Runtime folds the transpose into the MatMul (FusedMatMul transB)
-        scores = torch.cat([torch.matmul(qu, k_cache.transpose(-1, -2)) + bd_cache,
-                            torch.matmul(qu, k_new.transpose(-1, -2)) + bd_new], dim=-1)
-        probs = torch.softmax(scores + mask_bias, dim=-1)
+        scores = torch.cat([torch.matmul(qu, k_cache.transpose(-1, -2)), torch.matmul(qu, k_new.transpose(-1, -2))],
+                           dim=-1)
+        probs = torch.softmax(scores + bias, dim=-1)
         ctx = torch.matmul(probs[..., : self.left], v_cache) + torch.matmul(probs[..., self.left :], v_new)
         return self.out(_reshape(ctx.transpose(1, 2), shapes.model)), k_new, v_new
 
@@ -256,9 +254,9 @@ class ConformerLayer(nn.Module):
         self.ff2 = FeedForward(sd, p, "feed_forward2")
         self.norm_out = LayerNorm(_t(sd, p + "norm_out.weight"), _t(sd, p + "norm_out.bias"))
 
-    def forward(self, x, k_cache, v_cache, conv_cache, mask_bias, ring_order, shapes: StepShapes):
+    def forward(self, x, k_cache, v_cache, conv_cache, mask_bias, shapes: StepShapes):
         x = x + self.ff1(x)
-        att, k_new, v_new = self.att(self.norm_att(x), k_cache, v_cache, mask_bias, ring_order, shapes)
+        att, k_new, v_new = self.att(self.norm_att(x), k_cache, v_cache, mask_bias, shapes)
         x = x + att
         conv, conv_next = self.conv(self.norm_conv(x), conv_cache, shapes.conv_index)
         x = x + conv
@@ -298,8 +296,9 @@ class EncoderStep(nn.Module):
              conv_cache (B, L, K-1, D); then k_cache_0..k_cache_{L-1} and v_cache_0..v_cache_{L-1}, each
              (B, H, left, d_k): one input per layer, so the graph reads the caller's arrays in place; a prompt
              model then takes language (B,) int64, each stream's prompt slot.
-    Outputs: encoded (B, T, D) (after the language prompt, for a prompt model), encoded_proj (B, T, joint_hidden), k_new and v_new (B, L, H, T, d_k), this
-             step's keys and values for the caller to write into the rings at cache_start, conv_cache_next.
+    Outputs: encoded (B, T, D) (after the language prompt, for a prompt model), encoded_proj (B, T, joint_hidden);
+             k_new and v_new (B, L*H, T, d_k), this step's keys and values for the caller to write into the
+             rings at cache_start; conv_cache_next (B, L*(K-1), D).
     """
 
     def __init__(self, arch: Architecture, sd: dict[str, Any]):
@@ -320,19 +319,19 @@ class EncoderStep(nn.Module):
         self.prompt = LanguagePrompt(arch, sd) if arch.num_prompts else None
         self.joint_enc = Linear(_t(sd, "joint.enc.weight"), _opt(sd, "joint.enc.bias"))
 
-    def shapes(self, x: torch.Tensor) -> StepShapes:
-        """This step's shared shapes and indices, from the encoded frames x (B, T, D)."""
+    def shapes(self, x: torch.Tensor, key_age: torch.Tensor) -> StepShapes:
+        """This step's shared shapes and indices, from the encoded frames x (B, T, D) and key_age (B, left + T),
+        each key column's index in oldest-first order (the ring slots', then the new frames')."""
         model = torch._shape_as_tensor(x)
         b, t = model[:1], model[1:2]
-        heads = torch.tensor([self.n_heads, self.d_k])
-        h = heads[:1]
-        s_plus_t = t * 2 + self.left  # keys S = left + T, plus the T new frames
+        heads = torch.tensor([3 * self.n_heads, self.d_k])
         steps = x.shape[1]
-        offsets = torch.arange(self.max_step - steps, self.max_step + self.left + steps - 1)
+        # query t and the key of age index k are t + left - k frames apart, the position table's row
+        # (max_step - 1 - t) + k (the table runs from offset left + max_step - 1 down)
+        rows = (self.max_step - 1 - torch.arange(steps)).reshape(1, 1, steps, 1) + key_age[:, None, None, :]
         views = torch.arange(steps).unsqueeze(1) + torch.arange(self.conv_kernel).unsqueeze(0)
-        return StepShapes(model=model, heads=torch.cat([b, t, heads]), skew_wide=torch.cat([b, h, s_plus_t, t]),
-                          skew=torch.cat([b, h, t, s_plus_t - 1]), pos_index=offsets,
-                          new_index=torch.arange(self.left, self.left + steps), conv_index=views)
+        return StepShapes(model=model, qkv_heads=torch.cat([b, t, heads]),
+                          score_index=rows.expand(-1, self.n_heads, -1, -1), conv_index=views)
 
     def forward(self, mel, drop, cache_len, cache_start, conv_cache, *kv):
         k_cache, v_cache = kv[: self.n_layers], kv[self.n_layers : 2 * self.n_layers]
@@ -340,25 +339,25 @@ class EncoderStep(nn.Module):
         x = x[:, drop:]
         if self.xscale is not None:
             x = x * self.xscale
-        b, t = x.shape[0], x.shape[1]
         # each ring slot's place in oldest-first order, and the mask of slots not yet filled
         slot = torch.arange(self.left, device=x.device).unsqueeze(0)  # (1, left)
         age_order = torch.remainder(slot - cache_start.unsqueeze(1), self.left)  # (B, left)
         cache_masked = age_order < (self.left - cache_len).unsqueeze(1)
         mask_cache = torch.where(cache_masked, MASK_VALUE, 0.0)
         mask_bias = torch.cat([mask_cache, torch.zeros_like(x[:, :, 0])], dim=1)[:, None, None, :]
-        ring_order = age_order[:, None, None, :].expand(b, self.n_heads, t, self.left)
-        shapes = self.shapes(x)
+        new_age = (torch.arange(x.shape[1], device=x.device) + self.left).unsqueeze(0).expand(x.shape[0], -1)
+        shapes = self.shapes(x, torch.cat([age_order, new_age], dim=1))
         k_new, v_new, c_out = [], [], []
         for i, layer in enumerate(self.layers):
-            x, k, v, c_next = layer(x, k_cache[i], v_cache[i], conv_cache[:, i], mask_bias, ring_order, shapes)
+            x, k, v, c_next = layer(x, k_cache[i], v_cache[i], conv_cache[:, i], mask_bias, shapes)
             k_new.append(k)
             v_new.append(v)
             c_out.append(c_next)
         if self.prompt is not None:
             x = self.prompt(x, kv[2 * self.n_layers])
-        return (x, self.joint_enc(x), torch.stack(k_new, dim=1), torch.stack(v_new, dim=1),
-                torch.stack(c_out, dim=1))
+        # stacked along an existing axis (a view for the caller to reshape), not a new one: torch.stack
+        # exports as one Unsqueeze per layer and tensor before the Concat
+        return x, self.joint_enc(x), torch.cat(k_new, dim=1), torch.cat(v_new, dim=1), torch.cat(c_out, dim=1)
 
 
 class PredictionStep(nn.Module):

@@ -77,6 +77,14 @@ def quiet_tools(names: tuple[str, ...], prefixes: tuple[str, ...] = (), imports:
         root.handlers[:] = root_handlers
 
 
+def constant_table_matmuls(model) -> list[str]:
+    """MatMul nodes whose second input is a constant of another rank than 2 (the per-head position-score
+    table): a product of activations with a lookup table, not a weight; quantizers must leave them alone."""
+    inits = {i.name: i for i in model.graph.initializer}
+    return [n.name for n in model.graph.node
+            if n.op_type == "MatMul" and n.input[1] in inits and len(inits[n.input[1]].dims) != 2]
+
+
 def constant_weight_matmuls(model) -> list[str]:
     """Names of the MatMul nodes whose second input is a constant 2-D initializer (the quantizable ones)."""
     inits = {i.name: i for i in model.graph.initializer}

@@ -38,7 +38,8 @@ from typing import Any, Callable
 
 from streamasr.errors import ModelError
 from streamasr.model_config import ModelConfig, directory_size
-from streamasr.quant.graph import constant_weight_matmuls, quiet_tools, replace_encoder
+from streamasr.convert.graph_rewrite import fold_matmul_bias
+from streamasr.quant.graph import constant_table_matmuls, constant_weight_matmuls, quiet_tools, replace_encoder
 from streamasr.quant.sensitivity import SensitivityReport, analyze, choose_kept
 from streamasr.speech import read_speech
 
@@ -171,7 +172,8 @@ def _quantize_dynamic(model, name: str, block_size: int, accuracy_level: int, ex
         onnx.save_model(model, str(src), save_as_external_data=True, all_tensors_to_one_file=True,
                         location="in.onnx.data", size_threshold=1024)
         quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"], per_channel=True,
-                         weight_type=QuantType.QInt8, nodes_to_exclude=exclude, use_external_data_format=True,
+                         weight_type=QuantType.QInt8, nodes_to_exclude=exclude + constant_table_matmuls(model),
+                         use_external_data_format=True,
                          # DefaultTensorType: onnx's shape inference cannot type the outputs of contrib ops
                          # (a fused SkipLayerNormalization); every activation here is float32
                          extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
@@ -304,6 +306,7 @@ def quantize_model_dir(model_dir, method: str, block_size: int = 32, accuracy_le
     with _quiet():
         quantized = _QUANTIZERS[spec.kind](model, name, block_size, accuracy_level, exclude, info)
     del model
+    info["bias_adds_folded"] = fold_matmul_bias(quantized)
     remaining = set(constant_weight_matmuls(quantized))
     n_quant = sum(n.op_type in _QUANT_OPS for n in quantized.graph.node)
     if n_quant == 0:

@@ -41,11 +41,20 @@ class Backend(Protocol):
         """As `joint`, plus every label's logit (B, T, V+1): what fused decoding (hotwords, LM) re-ranks."""
 
 
-def session_options(threads: int | None = None):
-    """ORT options for low-latency streaming: a fixed intra-op pool, no inter-op parallelism, no spinning.
+#: `STREAMASR_SPIN` values: how ONNX Runtime's intra-op threads wait for work (see `session_options`)
+SPIN_MODES = {"step": ("1", "1"), "0": ("0", "0"), "1": ("1", "0")}
 
-    Spinning threads burn a core between chunks, which on a 2-core machine steals time from the audio
-    thread and from other streams, so it is off by default (STREAMASR_SPIN=1 turns it on).
+
+def session_options(threads: int | None = None):
+    """ORT options for low-latency streaming: a fixed intra-op pool, no inter-op parallelism, and threads that
+    spin only while a step runs.
+
+    An encoder step is some 1,700 small kernels, most of them split over the pool: a worker that sleeps
+    between them is woken by a futex call every time, which costs more than many of the kernels. Spinning
+    workers avoid that, but spinning between steps would burn a core while the stream waits for audio (on a
+    2-core machine, the audio thread's and other streams' core). So they spin within a `run` and stop when
+    it returns (`session.force_spinning_stop`). `STREAMASR_SPIN=0` never spins; `STREAMASR_SPIN=1` spins
+    between steps too (ONNX Runtime's own default).
     """
     import onnxruntime as ort
 
@@ -54,8 +63,12 @@ def session_options(threads: int | None = None):
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.inter_op_num_threads = 1
     opts.intra_op_num_threads = threads if threads else (os.cpu_count() or 1)
-    spin = "1" if os.environ.get("STREAMASR_SPIN") == "1" else "0"
+    mode = os.environ.get("STREAMASR_SPIN", "step")
+    if mode not in SPIN_MODES:
+        raise ModelError(f"STREAMASR_SPIN={mode!r}: use step (the default), 0 or 1")
+    spin, stop = SPIN_MODES[mode]
     opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    opts.add_session_config_entry("session.force_spinning_stop", stop)
     opts.log_severity_level = 3
     return opts
 

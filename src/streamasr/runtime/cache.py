@@ -68,7 +68,13 @@ class EncoderCache:
                           None if self.language is None else np.array([self.language], dtype=np.int64))
 
     def update(self, k_new: np.ndarray, v_new: np.ndarray, conv_next: np.ndarray) -> None:
-        """Write a step's new keys and values (L, H, T, d_k) over the T oldest slots; take its conv states."""
+        """Write a step's new keys and values over the T oldest slots; take its conv states.
+
+        The graph returns them stacked along their first axis, (L*H, T, d_k) and (L*(K-1), D) (a model format 3
+        graph: (L, H, T, d_k) and (L, K-1, D)); both are read here as views of the per-layer layout."""
+        layers, heads, _, d_k = self.k.shape
+        k_new = k_new.reshape(layers, heads, -1, d_k)
+        v_new = v_new.reshape(layers, heads, -1, d_k)
         t = k_new.shape[2]
         if t > self.left:
             raise ValueError(f"a step of {t} frames does not fit a ring of {self.left}")
@@ -82,7 +88,7 @@ class EncoderCache:
             self.v[:, :, self.start :] = v_new[:, :, :first]
             self.k[:, :, : end - self.left] = k_new[:, :, first:]
             self.v[:, :, : end - self.left] = v_new[:, :, first:]
-        self.conv[...] = conv_next
+        self.conv[...] = conv_next.reshape(self.conv.shape)
         self.start = end % self.left
         self.length = min(self.length + t, self.left)
 
