@@ -15,15 +15,18 @@ graph is shaped for inference rather than training:
   (B, H, left, d_k), the layout the attention MatMuls read (keys through a transposed MatMul). A step reads
   them in place and returns only its T new keys and values; the caller writes those over the oldest slots
   (from `cache_start`, wrapping). Softmax does not care in which order keys come, so only the two
-  order-dependent terms follow the ring: the relative-position scores are permuted per stream with one
-  GatherElements, and the mask is computed from each slot's age. Nothing cached is shifted or copied in
+  order-dependent terms follow the ring: the relative-position scores and the mask, both from each
+  slot's age. Nothing cached is shifted or copied in
   the graph, and a stream stepped alone is fed its own arrays.
-* Every shape and index a layer needs (head split, the relative shift's two reshapes, the slices of the
-  position table, the depthwise conv's views) is computed once per step as a tensor and shared by all
-  layers (`StepShapes`): computed per layer, as the exporter writes `x.reshape(b, t, ...)`, this shape
-  plumbing would be a large share of the graph's nodes, each a kernel call on a few int64s.
+* Every shape and index a layer needs (the head split, the position scores' index, the depthwise conv's
+  views) is computed once per step as a tensor and shared by all layers (`StepShapes`): computed per
+  layer, as the exporter writes `x.reshape(b, t, ...)`, this shape plumbing would be a large share of the
+  graph's nodes, each a kernel call on a few int64s.
 * The relative-position projection `linear_pos(pe(r))` depends only on the relative offset r, so it is
-  precomputed for every r a step can use, and a step selects the rows of its offsets.
+  precomputed for every r a step can use. A step scores its queries against all of them and one
+  GatherElements puts each score where its key lies: NeMo's relative shift and the ring order in one index.
+* Queries, keys and values come from one projection (one weight read, one kernel), the query part with
+  `pos_bias_u` as its bias.
 * The 1/sqrt(d_k) attention scale is folded into W_q and the position biases, the feed-forward 0.5 into
   its second linear, and the 1x1 convolutions are matrix multiplications (so that weight quantizers,
   which only look at MatMul, reach them).
