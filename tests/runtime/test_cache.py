@@ -35,6 +35,23 @@ def test_ring_keeps_the_newest_frames_in_time_order(loaded_tiny):
         assert (cache.conv == written - t).all()
 
 
+def test_stacked_and_per_layer_step_outputs_fill_the_ring_alike(loaded_tiny):
+    """A format 4 graph returns a step's keys, values and conv states stacked along their first axis
+    ((L*H, T, d_k), (L*(K-1), D)); a format 3 graph per layer ((L, H, T, d_k), (L, K-1, D)). Both land alike."""
+    enc = loaded_tiny.config.encoder
+    per_layer, stacked = EncoderCache(enc), EncoderCache(enc)
+    written = 0
+    for t in [5, 9, enc.left_context - 3, 2]:
+        k, v = _frames(per_layer, written, t)
+        conv = np.random.default_rng(t).standard_normal(per_layer.conv.shape).astype(np.float32)
+        per_layer.update(k, v, conv)
+        stacked.update(k.reshape(-1, t, k.shape[-1]), v.reshape(-1, t, v.shape[-1]), conv.reshape(-1, conv.shape[-1]))
+        written += t
+        for a, b in zip(per_layer.oldest_first(), stacked.oldest_first()):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(per_layer.conv, stacked.conv)
+
+
 def test_batch_feeds_copy_each_streams_rings(loaded_tiny):
     enc = loaded_tiny.config.encoder
     caches = [EncoderCache(enc) for _ in range(3)]

@@ -9,7 +9,7 @@ import pytest
 
 from streamasr.runtime.endpoint import EndpointConfig
 from streamasr.serve.client import file_blocks, stream_blocks, stream_url
-from streamasr.serve.scheduler import Scheduler
+from streamasr.serve.scheduler import Scheduler, window_for_load
 from streamasr.serve.session import StreamSession
 
 
@@ -203,3 +203,37 @@ def test_load_is_the_busy_fraction_of_the_recent_window(serve_model, short_speec
     rounds = len(scheduler._recent)
     scheduler.step()
     assert len(scheduler._recent) == rounds
+
+
+def test_batching_window_grows_with_load():
+    assert window_for_load(0.0, 0.25, 0.5) == window_for_load(0.6, 0.25, 0.5) == 0.25
+    assert window_for_load(0.75, 0.25, 0.5) == pytest.approx(0.375)
+    assert window_for_load(0.9, 0.25, 0.5) == window_for_load(1.0, 0.25, 0.5) == 0.5
+    assert window_for_load(0.95, 0.25, 0.25) == 0.25  # no adaptation when both are equal
+
+
+def test_busy_scheduler_waits_longer_for_a_bigger_batch(serve_model, short_speech):
+    """Near capacity a group waits past the low-load window (up to `busy_batch_wait`); once the load falls,
+    the same chunk is released by the short window."""
+    x = short_speech[0]
+    clock = _Clock()
+    steps: list[int] = []
+    scheduler = Scheduler(serve_model, on_step=lambda b, s: steps.append(b), batch_wait=0.25, busy_batch_wait=0.5,
+                          clock=clock)
+    a, b = (StreamSession(serve_model, 160, EndpointConfig(0, 0)) for _ in range(2))
+    for s in (a, b):
+        scheduler.add(s)
+    pos = _past_first_step(serve_model, scheduler, (a, b), x, clock)
+    steps.clear()
+    a.feed(x[pos : pos + _chunk_samples(a)], arrival=clock())
+    arrival = clock()
+    clock.now += 0.05  # past 0.25 of a 160 ms chunk (40 ms), inside 0.5 (80 ms)
+    scheduler.load = lambda now=None: 0.95
+    scheduler.step()
+    assert steps == [] and scheduler.window == 0.5
+    assert scheduler._deadline == pytest.approx(arrival + 0.08)
+    scheduler.load = lambda now=None: 0.3
+    scheduler.step()
+    assert steps == [1] and scheduler.window == 0.25 and a.stream.steps == 2
+    with pytest.raises(ValueError, match="busy_batch_wait"):
+        Scheduler(serve_model, batch_wait=0.5, busy_batch_wait=0.25)

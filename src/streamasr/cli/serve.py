@@ -41,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-wait", type=float, default=0.25, metavar="FRACTION",
                    help="how long (fraction of a chunk) a batch may wait for more streams' chunks; 0 runs "
                         "every ready chunk at once (default: %(default)s)")
+    p.add_argument("--busy-batch-wait", type=float, default=None, metavar="FRACTION",
+                   help="the batching window near capacity: it grows from --batch-wait at 60%% scheduler load to "
+                        "this at 90%% (default: --batch-wait, a fixed window)")
     p.add_argument("--warmup-batches", type=int, default=8, metavar="N",
                    help="at start-up, run the encoder once at every batch size up to N (ONNX Runtime's first "
                         "call at a new shape is slow); 0 skips it (default: %(default)s)")
@@ -108,6 +111,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise StreamASRError(f"--max-load is a fraction of the scheduler's time in (0, 1], got {args.max_load}")
     if not 0 <= args.batch_wait <= 1:
         raise StreamASRError(f"--batch-wait is a fraction of a chunk between 0 and 1, got {args.batch_wait}")
+    busy_wait = args.batch_wait if args.busy_batch_wait is None else args.busy_batch_wait
+    if not args.batch_wait <= busy_wait <= 1:
+        raise StreamASRError(f"--busy-batch-wait is a fraction of a chunk between --batch-wait ({args.batch_wait:g}) "
+                             f"and 1, got {busy_wait:g}")
     if not 0 <= args.port <= 65535:
         raise StreamASRError(f"--port {args.port} is not a TCP port")
     endpoint = _endpoint(args)
@@ -123,7 +130,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for ms in warm_modes:
         model.latency(ms)  # an unknown mode is a clear error now, not at the first stream
     config = ServerConfig(host=args.host, port=args.port, max_streams=args.max_streams, max_load=args.max_load,
-                          max_batch=args.max_batch, batch_wait=args.batch_wait, warmup_batches=args.warmup_batches,
+                          max_batch=args.max_batch, batch_wait=args.batch_wait, busy_batch_wait=busy_wait,
+                          warmup_batches=args.warmup_batches,
                           warmup_latency_ms=warm_modes, idle_timeout_s=args.idle_timeout_s, endpoint=endpoint,
                           wyoming=args.wyoming)
     try:

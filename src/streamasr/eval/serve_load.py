@@ -46,6 +46,7 @@ def add_parser(bench_sub):
     p.add_argument("--threads", type=int, default=None, help="server ONNX Runtime threads")
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--batch-wait", type=float, default=0.25, help="the server's --batch-wait")
+    p.add_argument("--busy-batch-wait", type=float, default=None, help="the server's --busy-batch-wait")
     p.add_argument("--max-load", type=float, default=1.0,
                    help="the server's --max-load (default 1: admission by load off, every client is served)")
     p.add_argument("--join-every", type=float, default=0.0, metavar="S",
@@ -223,6 +224,8 @@ def cmd_bench_serve(args) -> int:
     # --max-load 1 by default: no admission by load, so that every N is served and the table shows its cost
     serve_args = ["--max-streams", str(max(counts)), "--max-load", f"{args.max_load:g}", "--max-batch",
                   str(args.max_batch), "--batch-wait", str(args.batch_wait), "--warmup-latency", str(args.latency)]
+    if args.busy_batch_wait is not None:
+        serve_args += ["--busy-batch-wait", str(args.busy_batch_wait)]
     if args.threads:
         serve_args += ["--threads", str(args.threads)]
     rows = []
@@ -230,7 +233,8 @@ def cmd_bench_serve(args) -> int:
         base = f"http://127.0.0.1:{port}"
         print(f"model {cfg.model_id} ({cfg.quantization.get('method')}), latency {args.latency} ms, "
               f"{args.duration:g} s of audio per stream, {os.cpu_count()} cores, batch wait {args.batch_wait:g} "
-              f"of a chunk, max load {args.max_load:g}"
+              + (f"(up to {args.busy_batch_wait:g} under load) " if args.busy_batch_wait is not None else "")
+              + f"of a chunk, max load {args.max_load:g}"
               + (f", a client joining every {args.join_every:g} s" if args.join_every else ""), flush=True)
         print(f"{'N':>4} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'RTFx':>7} {'CPU %':>6} {'RSS MB':>7} "
               f"{'mean batch':>10} {'errors':>6} {'refused':>7} {'client CPU %':>12} {'busy %':>6} {'enc %':>6}",

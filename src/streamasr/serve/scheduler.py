@@ -18,6 +18,11 @@ of a chunk's duration counted from when its oldest chunk's audio arrived, for th
 its latency mode to complete theirs; it runs at once when they all have (always the case for a single
 stream) or the batch is full. First steps and a stream's tail never wait. Deadlines are read from
 `clock` (time.perf_counter by default; the session's arrival times must come from the same clock).
+
+The window adapts to load (`window_for_load`): `batch_wait` while the scheduler is at most LOAD_LOW busy,
+growing linearly to `busy_batch_wait` at LOAD_HIGH. At low load a short wait keeps latency low; near
+capacity, larger batches cost less per stream, which leaves the headroom a loaded server needs to catch up
+after a slow round instead of queueing every later chunk behind it.
 """
 
 from __future__ import annotations
@@ -37,17 +42,35 @@ log = logging.getLogger("streamasr.serve")
 
 #: the window over which `Scheduler.load` measures how busy the scheduler is (admission control)
 LOAD_WINDOW_S = 5.0
+#: the load below which the batching window is `batch_wait`, and the load from which it is `busy_batch_wait`
+LOAD_LOW, LOAD_HIGH = 0.6, 0.9
+
+
+def window_for_load(load: float, batch_wait: float, busy_batch_wait: float) -> float:
+    """The batching window (a fraction of a chunk) at a scheduler load (0-1): `batch_wait` up to LOAD_LOW,
+    `busy_batch_wait` from LOAD_HIGH, linear between."""
+    ramp = min(1.0, max(0.0, (load - LOAD_LOW) / (LOAD_HIGH - LOAD_LOW)))
+    return batch_wait + (busy_batch_wait - batch_wait) * ramp
 
 
 class Scheduler:
     def __init__(self, model: Model, max_batch: int = 32, on_step: Callable[[int, float], None] | None = None,
-                 batch_wait: float = 0.0, clock: Callable[[], float] = time.perf_counter):
+                 batch_wait: float = 0.0, clock: Callable[[], float] = time.perf_counter,
+                 busy_batch_wait: float | None = None):
+        """`batch_wait`: the batching window at low load, as a fraction of a chunk; `busy_batch_wait`: the
+        window near capacity (default: the same, no adaptation); see the module docstring."""
         self.model = model
         self.clock = clock
         self.max_batch = max(1, int(max_batch))
-        if not 0.0 <= batch_wait <= 1.0:
-            raise ValueError(f"batch_wait is a fraction of the chunk duration in [0, 1], got {batch_wait}")
+        busy_batch_wait = batch_wait if busy_batch_wait is None else busy_batch_wait
+        for name, value in (("batch_wait", batch_wait), ("busy_batch_wait", busy_batch_wait)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} is a fraction of the chunk duration in [0, 1], got {value}")
+        if busy_batch_wait < batch_wait:
+            raise ValueError(f"busy_batch_wait ({busy_batch_wait}) is less than batch_wait ({batch_wait})")
         self.batch_wait = batch_wait
+        self.busy_batch_wait = busy_batch_wait
+        self.window = batch_wait  # the batching window of the current round (see window_for_load)
         self._deadline: float | None = None  # when a group held back by the batching window must run
         self.buffers = BatchBuffers()
         self.on_step = on_step  # (batch size, seconds) after each encoder call, for metrics
@@ -128,6 +151,8 @@ class Scheduler:
                 groups[s.batch_key()].append(s)
         did = False
         self._deadline = None
+        if self.busy_batch_wait > self.batch_wait:
+            self.window = window_for_load(self.load(), self.batch_wait, self.busy_batch_wait)
         for key, members in groups.items():
             if self._hold_back(key, members, sessions):
                 continue
@@ -183,7 +208,7 @@ class Scheduler:
     def _hold_back(self, key: tuple, members: list[StreamSession], sessions: list[StreamSession]) -> bool:
         """Whether this group waits for more of its streams (see "Batching window" above)."""
         latency_ms, _, first = key
-        if self.batch_wait <= 0 or first or len(members) >= self.max_batch:
+        if self.window <= 0 or first or len(members) >= self.max_batch:
             return False
         expected = sum(1 for s in sessions if s.latency_ms == latency_ms and s.streaming)
         if len(members) >= expected:
@@ -191,7 +216,7 @@ class Scheduler:
         times = [t for t in (s.ready_since() for s in members) if t is not None]
         if not times:
             return False
-        deadline = min(times) + self.batch_wait * latency_ms / 1000.0
+        deadline = min(times) + self.window * latency_ms / 1000.0
         if self.clock() >= deadline:
             return False
         self._deadline = deadline if self._deadline is None else min(self._deadline, deadline)

@@ -75,6 +75,7 @@ class ServerConfig:
     shutdown_timeout_s: float = 5.0  # on shutdown, how long open streams get to flush their last final
     max_batch: int = 32
     batch_wait: float = 0.25  # fraction of a chunk a batch may wait for more streams (serve/scheduler.py)
+    busy_batch_wait: float = 0.25  # the same near capacity: the window grows with load up to it
     warmup_batches: int = 8  # batch sizes warmed up at start-up (runtime.batch.warm_up)
     warmup_latency_ms: tuple[int, ...] = ()  # latency modes warmed up; empty: the model's default mode
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
@@ -106,7 +107,7 @@ class Server:
             silero_session()  # a missing silero-vad package fails here, once, not on every stream
         self.metrics = Metrics(self._snapshot)
         self.scheduler = Scheduler(model, self.config.max_batch, on_step=self.metrics.observe_step,
-                                   batch_wait=self.config.batch_wait)
+                                   batch_wait=self.config.batch_wait, busy_batch_wait=self.config.busy_batch_wait)
         self.active = 0
         self.accepting = True
         self.ready = False  # set once the app has started (scheduler running); /ready says so

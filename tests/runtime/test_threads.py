@@ -1,0 +1,46 @@
+"""How the runtime's threads wait: ONNX Runtime's pool spins only within a run, numpy's BLAS stays on one thread."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_info
+
+from streamasr.errors import ModelError
+from streamasr.frontend import one_blas_thread
+from streamasr.runtime.backend import session_options
+
+SPIN = "session.intra_op.allow_spinning"
+STOP = "session.force_spinning_stop"
+
+
+@pytest.mark.parametrize("env, spin, stop", [(None, "1", "1"), ("step", "1", "1"), ("0", "0", "0"), ("1", "1", "0")])
+def test_spinning_policy(monkeypatch, env, spin, stop):
+    """Default: threads spin while a run lasts and stop when it returns; 0 never spins; 1 spins always."""
+    if env is None:
+        monkeypatch.delenv("STREAMASR_SPIN", raising=False)
+    else:
+        monkeypatch.setenv("STREAMASR_SPIN", env)
+    opts = session_options(2)
+    assert opts.get_session_config_entry(SPIN) == spin and opts.get_session_config_entry(STOP) == stop
+    assert opts.intra_op_num_threads == 2 and opts.inter_op_num_threads == 1
+
+
+def test_unknown_spinning_policy_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv("STREAMASR_SPIN", "fast")
+    with pytest.raises(ModelError, match="STREAMASR_SPIN='fast'"):
+        session_options(2)
+
+
+def _blas_threads() -> list[int]:
+    return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+
+def test_front_end_product_runs_on_one_blas_thread_and_restores_it():
+    before = _blas_threads()
+    if not before:
+        pytest.fail("numpy has no BLAS that threadpoolctl can see")
+    with one_blas_thread():
+        assert set(_blas_threads()) == {1}
+        _ = np.ones((16, 257), np.float32) @ np.ones((257, 128), np.float32)
+    assert _blas_threads() == before
