@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from streamasr.convert.architecture import parse_architecture
-from streamasr.convert.export import export_decoder, export_encoder
+from streamasr.convert.export import convert_checkpoint, export_decoder, export_encoder
+from streamasr.convert.nemo_file import RANDOM_MARKER, read_nemo
 from streamasr.convert.random_model import ARCHITECTURES, nemo_config, random_state_dict
 from streamasr.errors import ModelError
 from streamasr.model_config import ModelConfig
@@ -101,3 +102,13 @@ def test_latency_as_a_string_is_the_mode_it_names(loaded_tiny):
             loaded_tiny.stream(bad)
     with pytest.raises(ModelError, match="unknown latency mode 333 ms; this model supports: 80, 160, 560, 1120"):
         loaded_tiny.stream("333")
+
+
+def test_random_nemo_file_converts_to_a_random_weights_directory(tiny_model, tmp_path):
+    """A `.nemo` that streamasr wrote with random weights stays marked random when it is converted as a plain
+    file (no `random:` source): no transcript of it can pass for a trained model's."""
+    nemo_path = tiny_model[0]
+    ckpt = read_nemo(nemo_path)
+    assert ckpt.config[RANDOM_MARKER] is True
+    convert_checkpoint(ckpt, tmp_path / "m", model_id=str(nemo_path))
+    assert ModelConfig.load(tmp_path / "m").random_weights is True

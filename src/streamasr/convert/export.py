@@ -22,7 +22,7 @@ from streamasr.convert.architecture import (
     unused_weights,
 )
 from streamasr.convert.graph_rewrite import fuse_skip_layer_norm
-from streamasr.convert.nemo_file import NemoCheckpoint
+from streamasr.convert.nemo_file import RANDOM_MARKER, NemoCheckpoint
 from streamasr.convert.torch_modules import (
     EncoderStep,
     Joint,
@@ -160,7 +160,7 @@ def convert_checkpoint(ckpt: NemoCheckpoint, out_dir: Path, model_id: str, rando
         encoder=arch.encoder,
         decoder=arch.decoder,
         source_sha256=ckpt.sha256,
-        random_weights=random_weights,
+        random_weights=random_weights or bool(cfg.get(RANDOM_MARKER)),
         streamasr_version=__version__,
         files={"encoder": "encoder.onnx", "decoder": "decoder.onnx", "joint": "joint.onnx",
                "frontend": "frontend.npz", "tokenizer": "tokenizer.model", "vocab": "vocab.txt"},

@@ -19,6 +19,12 @@ from typing import Any
 from streamasr.errors import ModelError
 
 
+#: a key of the `.nemo` configs streamasr writes with random weights (convert/random_model.py): the converter
+#: records it in the model directory (`random_weights`), so that no conversion of such a file passes for a
+#: trained model
+RANDOM_MARKER = "streamasr_random_weights"
+
+
 @dataclass
 class NemoCheckpoint:
     """The contents of a `.nemo` archive that the converter needs."""

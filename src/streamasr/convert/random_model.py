@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from streamasr.convert.nemo_file import write_nemo
+from streamasr.convert.nemo_file import RANDOM_MARKER, write_nemo
 from streamasr.convert.reference_features import nemo_window_and_filterbank
 from streamasr.errors import ModelError
 from streamasr.speech import bundled_speech
@@ -123,6 +123,7 @@ def nemo_config(spec: ArchSpec, tokenizer_dir: str) -> dict[str, Any]:
         defaults.update(num_prompts=spec.num_prompts, initialize_prompt_feature=True,
                         prompt_dictionary=dict(spec.languages))
     return {
+        RANDOM_MARKER: True,
         "sample_rate": 16000,
         "target": nemo_class(spec),
         "model_defaults": defaults,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from streamasr.convert.nemo_file import RANDOM_MARKER
 from streamasr.convert.random_model import ARCHITECTURES, NEMOTRON_EN
 from streamasr.eval.compare.backend import (
     SystemInfo,
@@ -56,7 +57,8 @@ class NemoSystem:
             right = max(rights)
         self.right, self.batch = right, spec.mode.kind == "batch"
         self.info = SystemInfo(model_id=f"nemo:{spec.model}", size_bytes=size,
-                               algorithmic_delay_s=spec.mode.algorithmic_delay_s, random_weights=spec.random,
+                               algorithmic_delay_s=spec.mode.algorithmic_delay_s,
+                               random_weights=spec.random or bool(self.model.cfg.get(RANDOM_MARKER, False)),
                                streams=False, precision="fp32 (PyTorch)",
                                notes=[f"batch = whole utterance in the {(right + 1) * FRAME_MS} ms context"]
                                if self.batch else ["NeMo's streaming loop timed as a whole (no partial timings)"])
