@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from threadpoolctl import threadpool_info
 
 from streamasr.errors import ModelError
 from streamasr.frontend import one_blas_thread
-from streamasr.runtime.backend import session_options
+from streamasr.runtime.backend import LARGE_JOINT_LABELS, graph_threads, session_options
 
 SPIN = "session.intra_op.allow_spinning"
 STOP = "session.force_spinning_stop"
@@ -44,3 +46,13 @@ def test_front_end_product_runs_on_one_blas_thread_and_restores_it():
         assert set(_blas_threads()) == {1}
         _ = np.ones((16, 257), np.float32) @ np.ones((257, 128), np.float32)
     assert _blas_threads() == before
+
+
+def test_graph_threads_give_a_large_joint_the_encoders_pool(loaded_tiny):
+    """The encoder takes the threads asked for; the prediction network and a small joint run on one (a call
+    costs microseconds); a joint of a multilingual model's size takes the encoder's threads."""
+    small = loaded_tiny.config
+    large = replace(small, decoder=replace(small.decoder, vocab_size=LARGE_JOINT_LABELS))
+    assert [graph_threads(g, 2, small) for g in ("encoder", "decoder", "joint")] == [2, 1, 1]
+    assert [graph_threads(g, 2, large) for g in ("encoder", "decoder", "joint")] == [2, 1, 2]
+    assert graph_threads("joint", 2, None) == 1

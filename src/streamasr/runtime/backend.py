@@ -117,6 +117,24 @@ def lean_heap_while_loading() -> Iterator[None]:
             libc.malloc_trim(0)
 
 
+#: a joint scoring at least this many labels (blank included) runs on the encoder's threads (`graph_threads`)
+LARGE_JOINT_LABELS = 4096
+
+
+def graph_threads(graph: str, threads: int | None, config: ModelConfig | None) -> int | None:
+    """Intra-op threads for one of the three graphs.
+
+    The encoder takes `threads`. The prediction network and a small joint run on one thread: a call costs
+    microseconds, less than handing work to a pool. A large joint (the multilingual model's 13,088 labels:
+    a 33 MB output layer read on every call, several calls per chunk) is the other way round: two threads
+    halve it, and its output is the same (the product is split by output column)."""
+    if graph == "encoder":
+        return threads
+    if graph == "joint" and config is not None and config.decoder.vocab_size + 1 >= LARGE_JOINT_LABELS:
+        return threads
+    return 1
+
+
 #: short names for `--provider`; the default CPU provider is always the fallback
 PROVIDERS = {"cpu": "CPUExecutionProvider", "openvino": "OpenVINOExecutionProvider"}
 
@@ -227,8 +245,7 @@ class OrtBackend:
             path = Path(directory) / files.get(name, f"{name}.onnx")
             if not path.is_file():
                 raise ModelError(f"model directory {directory} is missing {path.name}")
-            # the small decoder/joint graphs run fastest single-threaded (no pool hand-off per call)
-            opts = session_options(threads if name == "encoder" else 1)
+            opts = session_options(graph_threads(name, threads, config))
             try:
                 providers = self.providers if name == "encoder" else ["CPUExecutionProvider"]
                 # no silent fallback: a provider that fails must not quietly become the CPU provider
