@@ -13,7 +13,7 @@ from streamasr.cli import main
 
 
 def test_serve_and_client_commands(serve_model, short_speech, tmp_path, s16_roundtrip):
-    with running_server(serve_model.directory, "--threads", "1", "--endpoint-ms", "0",
+    with running_server(serve_model.directory, "--threads", "1", "--endpoint-ms", "0", "--max-streams", "12",
                         stdout=subprocess.PIPE) as (proc, port):
         wav = tmp_path / "a.wav"
         sf.write(wav, short_speech[0], 16000, subtype="PCM_16")
@@ -24,8 +24,9 @@ def test_serve_and_client_commands(serve_model, short_speech, tmp_path, s16_roun
         events = [json.loads(l) for l in out.stdout.splitlines()]
         assert events[-1]["type"] == "final"
         assert events[-1]["text"] == serve_model.transcribe(s16_roundtrip(short_speech[0]), 160).text.strip()
-    # the model's default latency mode was warmed up at every batch size before the server took streams
-    assert "warmed up batches of 1-8 streams at" in proc.stdout.read().decode()
+    # the model's default latency mode was warmed up at every batch size the server can form (up to its
+    # --max-streams here) before it took streams
+    assert "warmed up batches of 1-12 streams at" in proc.stdout.read().decode()
 
 
 def test_serve_rejects_bad_scheduling_options(serve_model, capsys):
@@ -35,6 +36,8 @@ def test_serve_rejects_bad_scheduling_options(serve_model, capsys):
     for bad in ("0", "1.5"):
         assert main(model + ["--max-load", bad]) == 2
         assert "--max-load is a fraction of the scheduler's time" in capsys.readouterr().err
+    assert main(model + ["--busy-batch-wait", "0.1"]) == 2  # below --batch-wait (0.25)
+    assert "--busy-batch-wait is a fraction of a chunk between --batch-wait" in capsys.readouterr().err
     assert main(model + ["--warmup-batches", "-1"]) == 2
     assert "--warmup-batches" in capsys.readouterr().err
     assert main(model + ["--warmup-latency", "fast"]) == 2

@@ -44,9 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--busy-batch-wait", type=float, default=None, metavar="FRACTION",
                    help="the batching window near capacity: it grows from --batch-wait at 60%% scheduler load to "
                         "this at 90%% (default: --batch-wait, a fixed window)")
-    p.add_argument("--warmup-batches", type=int, default=8, metavar="N",
+    p.add_argument("--warmup-batches", type=int, default=None, metavar="N",
                    help="at start-up, run the encoder once at every batch size up to N (ONNX Runtime's first "
-                        "call at a new shape is slow); 0 skips it (default: %(default)s)")
+                        "call at a new shape is slow); 0 skips it (default: every size the server can form, "
+                        "min(--max-batch, --max-streams))")
     p.add_argument("--warmup-latency", default=None, metavar="MS[,MS]",
                    help="latency modes to warm up (default: the model's default mode)")
     _add_endpoint_args(p)
@@ -120,7 +121,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     endpoint = _endpoint(args)
     if args.wyoming is not None:
         parse_wyoming_uri(args.wyoming)  # one clear error for a bad URI, before loading the model
-    if args.warmup_batches < 0:
+    if args.warmup_batches is not None and args.warmup_batches < 0:
         raise StreamASRError("--warmup-batches must be 0 or more")
     try:
         warm_modes = tuple(int(v) for v in args.warmup_latency.split(",")) if args.warmup_latency else ()

@@ -76,7 +76,8 @@ class ServerConfig:
     max_batch: int = 32
     batch_wait: float = 0.25  # fraction of a chunk a batch may wait for more streams (serve/scheduler.py)
     busy_batch_wait: float = 0.25  # the same near capacity: the window grows with load up to it
-    warmup_batches: int = 8  # batch sizes warmed up at start-up (runtime.batch.warm_up)
+    #: batch sizes warmed up at start-up (runtime.batch.warm_up); None: every size the scheduler can form
+    warmup_batches: int | None = None
     warmup_latency_ms: tuple[int, ...] = ()  # latency modes warmed up; empty: the model's default mode
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
     wyoming: str | None = None  # tcp://HOST:PORT: also serve Wyoming there (serve/wyoming.py)
@@ -482,7 +483,10 @@ def run_server(model: Model, config: ServerConfig) -> None:
     """Serve until SIGTERM or Ctrl+C (the `streamasr serve` command); then open streams get their last final
     and a 1001 close, within `shutdown_timeout_s`."""
     server = Server(model, config)
-    batches = min(config.warmup_batches, config.max_batch, config.max_streams)
+    # every batch size the scheduler can form, by default: ONNX Runtime's first call at a new batch size takes
+    # a few hundred ms, which a loaded server would otherwise pay at random moments, as a stall of every stream
+    largest = min(config.max_batch, config.max_streams)
+    batches = largest if config.warmup_batches is None else min(config.warmup_batches, largest)
     modes = config.warmup_latency_ms or (model.config.encoder.default_latency_ms,)
     if batches > 0:
         took = sum(warm_up(model, ms, batches) for ms in modes)
