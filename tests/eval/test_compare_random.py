@@ -8,6 +8,7 @@ import itertools
 
 import pytest
 
+from streamasr.errors import OfflineError
 from streamasr.eval.compare import nemo_chunked, qwen3
 from streamasr.eval.compare.registry import check, load_system
 
@@ -72,8 +73,10 @@ def test_random_canary_and_qwen_generate_a_fixed_speech_like_length(monkeypatch,
     assert system.info.algorithmic_delay_s == 3.0 and system.info.streams
 
 
-def test_hub_models_of_random_only_backends_say_so():
-    with pytest.raises(Exception, match="only random: builds"):
+def test_hub_models_of_hf_backends_offline_say_so(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # never a 1B download from a test, connected or not
+    with pytest.raises(OfflineError, match="backend canary: cannot reach the Hugging Face hub to download "
+                                           "nvidia/canary-1b-v2"):
         load_system("canary:nvidia/canary-1b-v2@batch", threads=1)
     assert check("qwen3-asr:Qwen/Qwen3-ASR-0.6B@chunk(3,1)").mode.window_s == 3.0
 

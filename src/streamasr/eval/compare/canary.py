@@ -1,5 +1,9 @@
 """`canary`: Canary-1B-v2 (FastConformer encoder + Transformer decoder) through transformers, batch.
 
+MODEL: a `save_pretrained` directory or a hub id (`hf_common.load_checkpoint`) with `CanaryProcessor`, asked
+for English transcription the documented way (`apply_transcription_request`: source = target = English,
+punctuation on); greedy, stopping at the checkpoint's EOS.
+
 random: builds transformers' `CanaryConfig()` (the 1B-v2 shape: 32 encoder layers, 8 decoder layers,
 d_model 1024, 16384 tokens) with random weights and generates a fixed, speech-like number of tokens
 (`hf_common`). Chunked AlignAtt streaming exists only inside NeMo's AED decoding for a real checkpoint, so
@@ -16,35 +20,68 @@ from streamasr.eval.compare.backend import (
     Transcript,
     param_bytes,
 )
-from streamasr.eval.compare.hf_common import fixed_tokens, hub_only, require, run_mode
+from streamasr.eval.compare.hf_common import (
+    fixed_tokens,
+    guard_tokens,
+    load_checkpoint,
+    require,
+    run_mode,
+)
 from streamasr.eval.compare.spec import SystemSpec
 
 name = "canary"
 modes = ("batch",)
 extra = "verify"
 PROMPT_LEN = 9  # Canary's multitask prompt (context, language, task, punctuation, ... tokens)
+LANGUAGE = "en"
 
 
 class CanarySystem:
     def __init__(self, spec: SystemSpec, threads: int):
         model_cls = require(name, "CanaryForConditionalGeneration", threads)
+        self.mode = spec.mode
+        if spec.random:
+            self._build_random(model_cls, threads)
+        else:
+            self._load(spec, model_cls, threads)
+
+    def _load(self, spec: SystemSpec, model_cls, threads: int) -> None:
+        """A real checkpoint: its processor writes the prompt, its generation config says when to stop."""
+        ckpt = load_checkpoint(name, spec.model, model_cls, require(name, "CanaryProcessor", threads))
+        self.model, self.processor = ckpt.model, ckpt.processor
+        self.info = SystemInfo(model_id=f"canary:{spec.model}", size_bytes=ckpt.size_bytes,
+                               algorithmic_delay_s=spec.mode.algorithmic_delay_s, random_weights=False,
+                               streams=False, precision="fp32 (PyTorch, transformers)",
+                               notes=[(f"greedy, stops at EOS; English transcription with punctuation "
+                                       f"(apply_transcription_request, source = target = {LANGUAGE})")])
+        self._decode = self._decode_real
+
+    def _build_random(self, model_cls, threads: int) -> None:
         config_cls = require(name, "CanaryConfig", threads)
         extractor_cls = require(name, "ParakeetFeatureExtractor", threads)
-        if not spec.random:
-            raise hub_only(name, spec.model)
         import torch
 
         torch.manual_seed(0)
         self.model = model_cls(config_cls()).eval()
         self.extractor = extractor_cls(feature_size=128)
-        self.mode = spec.mode
         self.prompt = torch.tensor([[self.model.config.decoder_start_token_id] + [16] * (PROMPT_LEN - 1)])
         self.info = SystemInfo(model_id="canary:random (CanaryConfig(), the 1B-v2 shape)",
-                               size_bytes=param_bytes(self.model), algorithmic_delay_s=spec.mode.algorithmic_delay_s,
+                               size_bytes=param_bytes(self.model), algorithmic_delay_s=self.mode.algorithmic_delay_s,
                                random_weights=True, streams=False, precision="fp32 (PyTorch, transformers)",
                                notes=["random decoder: fixed 3 tokens/s, EOS suppressed"])
+        self._decode = self._decode_random
 
-    def _decode(self, audio: np.ndarray) -> str:
+    def _decode_real(self, audio: np.ndarray) -> str:
+        import torch
+
+        inputs = self.processor.apply_transcription_request(audio, source_language=LANGUAGE)
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, do_sample=False, num_beams=1,
+                                      max_new_tokens=guard_tokens(audio.size / SAMPLE_RATE))
+        new = out[:, inputs["decoder_input_ids"].shape[1]:]
+        return self.processor.batch_decode(new, skip_special_tokens=True)[0].strip()
+
+    def _decode_random(self, audio: np.ndarray) -> str:
         import torch
 
         feats = self.extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt", return_attention_mask=True)

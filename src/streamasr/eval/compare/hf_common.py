@@ -1,4 +1,8 @@
-"""Shared pieces of the transformers-based backends: availability, fixed-length generation, window loop.
+"""Shared pieces of the transformers-based backends: availability, checkpoints, generation length, window loop.
+
+A real checkpoint is a `save_pretrained` directory (config, weights, processor files) or a hub id, which
+huggingface_hub downloads into its cache on a connected machine; offline, one line says it cannot be.
+A real decoder stops at its own EOS; `max_new_tokens` only guards against a runaway loop.
 
 Random-weight autoregressive decoders would stop at once or run to the length limit; with EOS suppressed and
 `min_new_tokens = max_new_tokens` they generate `TOKENS_PER_S` tokens per second of audio, as speech does,
@@ -7,10 +11,16 @@ so their speed rows measure the decoder at a realistic length.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from streamasr.errors import ModelError, OfflineError
 from streamasr.eval.compare.backend import (
     SAMPLE_RATE,
     Step,
@@ -20,8 +30,17 @@ from streamasr.eval.compare.backend import (
 )
 from streamasr.eval.compare.merge import merge_overlap, overlap_search_words
 from streamasr.eval.compare.spec import Mode, SpecError
+from streamasr.model_store import hub_problem
 
 TOKENS_PER_S = 3.0
+# A guard, not a length: speech runs at about 3-5 tokens/s, so a real decoder reaches EOS long before this.
+GUARD_TOKENS_PER_S = 12.0
+GUARD_TOKENS_MIN = 16
+# What a hub download fetches: configs, processor and tokenizer files, safetensors weights. Not `*.nemo` or
+# `*.bin` copies of the same weights, which some repositories also carry (gigabytes nobody loads here).
+HUB_PATTERNS = ["*.json", "*.jinja", "*.safetensors", "*.model", "*.txt", "*.tiktoken"]
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+_TRUE = {"1", "on", "yes", "true"}
 
 
 def require(backend: str, class_name: str, threads: int):
@@ -40,9 +59,78 @@ def require(backend: str, class_name: str, threads: int):
     return cls
 
 
-def hub_only(backend: str, spec_model: str) -> SpecError:
-    return SpecError(f"backend {backend}: only random: builds are wired offline here ({spec_model!r} would need "
-                     "the hub checkpoint and its processor); use random: for speed, size and memory")
+@dataclass(frozen=True)
+class Checkpoint:
+    """A transformers model and its processor, loaded from `directory`, with the bytes of its weight files."""
+
+    model: Any
+    processor: Any
+    directory: Path
+    size_bytes: int
+
+
+def weight_bytes(directory: Path) -> int:
+    """Bytes of the weight files in a checkpoint directory (the size column is the files on disk; hub cache
+    entries are symlinks, which `stat` follows)."""
+    return sum(f.stat().st_size for f in directory.iterdir() if f.is_file() and f.suffix in WEIGHT_SUFFIXES)
+
+
+def _looks_local(source: str) -> bool:
+    """A path rather than a hub id: hub ids are `name` or `owner/name`, never absolute, relative or nested."""
+    return source.startswith(("/", ".", "~")) or source.count("/") > 1 or source.endswith("/")
+
+
+def _offline_reason() -> str | None:
+    """Why the hub cannot be used now: HF_HUB_OFFLINE (read at call time: huggingface_hub reads it once, at
+    import), else the connection probe of `model_store.hub_problem`; None when the hub answers."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE:
+        return "HF_HUB_OFFLINE is set"
+    return hub_problem()
+
+
+def resolve_checkpoint(backend: str, source: str) -> Path:
+    """The directory of `source`: a local `save_pretrained` folder as it is, a hub id from the cache (an
+    earlier download) or downloaded now; offline or missing, one line that says so."""
+    path = Path(source).expanduser()
+    if path.exists() or _looks_local(source):
+        if not path.is_dir():
+            raise ModelError(f"backend {backend}: {path} is not a directory (a save_pretrained checkpoint: "
+                             "config.json, weights, processor files)")
+        if not (path / "config.json").is_file():
+            raise ModelError(f"backend {backend}: {path} has no config.json; it is not a transformers checkpoint")
+        return path
+    from huggingface_hub import snapshot_download
+
+    with contextlib.suppress(Exception):  # an earlier download (huggingface_hub raises several types)
+        return Path(snapshot_download(source, allow_patterns=HUB_PATTERNS, local_files_only=True))
+    why = _offline_reason()
+    if why:
+        raise OfflineError(f"backend {backend}: cannot reach the Hugging Face hub to download {source} ({why}); "
+                           "pass a local save_pretrained directory, or random: for speed, size and memory only")
+    try:
+        return Path(snapshot_download(source, allow_patterns=HUB_PATTERNS))
+    except Exception as exc:
+        raise ModelError(f"backend {backend}: cannot download {source} ({type(exc).__name__}: {exc})") from exc
+
+
+def load_checkpoint(backend: str, source: str, model_cls, processor_cls) -> Checkpoint:
+    """Model (fp32, eval) and processor from `source` (see `resolve_checkpoint`), read from disk only."""
+    import torch
+
+    directory = resolve_checkpoint(backend, source)
+    try:
+        model = model_cls.from_pretrained(directory, dtype=torch.float32, local_files_only=True).eval()
+        processor = processor_cls.from_pretrained(directory, local_files_only=True)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]  # transformers' messages run to several lines
+        raise ModelError(f"backend {backend}: cannot load {source} from {directory} "
+                         f"({type(exc).__name__}: {first})") from exc
+    return Checkpoint(model, processor, directory, weight_bytes(directory))
+
+
+def guard_tokens(duration_s: float) -> int:
+    """`max_new_tokens` for a real decoder: far above speech rates, so only a looping decoder meets it."""
+    return GUARD_TOKENS_MIN + round(GUARD_TOKENS_PER_S * duration_s)
 
 
 def fixed_tokens(duration_s: float) -> int:

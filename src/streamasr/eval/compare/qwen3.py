@@ -1,5 +1,10 @@
 """`qwen3-asr`: Qwen3-ASR (audio encoder + Qwen3 LLM decoder) through transformers, batch and chunked.
 
+MODEL: a `save_pretrained` directory or a hub id (`hf_common.load_checkpoint`) with `Qwen3ASRProcessor`,
+asked for English the documented way (`apply_transcription_request(language="en")`, which pre-fills
+"language English<asr_text>" so the model writes only the transcription); greedy, stopping at the
+checkpoint's EOS; the text is the processor's `decode(..., return_format="transcription_only")`.
+
 random: builds `Qwen3ASRForConditionalGeneration` at the 0.6B shape (LLM: Qwen3-0.6B, 28 layers, hidden 1024,
 16/8 heads, 151936 tokens; audio encoder: 18 layers, d_model 896, 14 heads, the smaller AuT encoder, an
 assumption where the public configs were not at hand) with random weights, and generates a fixed,
@@ -18,7 +23,13 @@ from streamasr.eval.compare.backend import (
     Transcript,
     param_bytes,
 )
-from streamasr.eval.compare.hf_common import fixed_tokens, hub_only, require, run_mode
+from streamasr.eval.compare.hf_common import (
+    fixed_tokens,
+    guard_tokens,
+    load_checkpoint,
+    require,
+    run_mode,
+)
 from streamasr.eval.compare.spec import SystemSpec
 
 name = "qwen3-asr"
@@ -31,25 +42,52 @@ AUDIO_0_6B = {"d_model": 896, "encoder_layers": 18, "encoder_attention_heads": 1
               "output_dim": 1024}
 PROMPT_IDS = [151644, 8948, 198, 151645, 198, 151644, 872, 198, 151669]  # chat prefix before the audio
 SUFFIX_IDS = [151670, 151645, 198, 151644, 77091, 198]  # audio end, assistant turn
+LANGUAGE = "en"
 
 
 class Qwen3System:
     def __init__(self, spec: SystemSpec, threads: int):
         model_cls = require(name, "Qwen3ASRForConditionalGeneration", threads)
+        self.mode = spec.mode
+        if spec.random:
+            self._build_random(model_cls, threads)
+        else:
+            self._load(spec, model_cls, threads)
+
+    def _load(self, spec: SystemSpec, model_cls, threads: int) -> None:
+        """A real checkpoint: its processor writes the chat prompt, its generation config says when to stop."""
+        ckpt = load_checkpoint(name, spec.model, model_cls, require(name, "Qwen3ASRProcessor", threads))
+        self.model, self.processor = ckpt.model, ckpt.processor
+        self.info = SystemInfo(model_id=f"qwen3-asr:{spec.model}", size_bytes=ckpt.size_bytes,
+                               algorithmic_delay_s=spec.mode.algorithmic_delay_s, random_weights=False,
+                               streams=spec.mode.kind != "batch", precision="fp32 (PyTorch, transformers)",
+                               notes=[(f"greedy, stops at EOS; language forced to {LANGUAGE} "
+                                       "(apply_transcription_request)")])
+        self._decode = self._decode_real
+
+    def _build_random(self, model_cls, threads: int) -> None:
         config_cls = require(name, "Qwen3ASRConfig", threads)
         extractor_cls = require(name, "Qwen3ASRFeatureExtractor", threads)
-        if not spec.random:
-            raise hub_only(name, spec.model)
         import torch
 
         torch.manual_seed(0)
         self.model = model_cls(config_cls(audio_config=AUDIO_0_6B, text_config=TEXT_0_6B)).eval()
         self.extractor = extractor_cls()
-        self.mode = spec.mode
         self.info = SystemInfo(model_id="qwen3-asr:random (0.6B shape)", size_bytes=param_bytes(self.model),
-                               algorithmic_delay_s=spec.mode.algorithmic_delay_s, random_weights=True,
-                               streams=spec.mode.kind != "batch", precision="fp32 (PyTorch, transformers)",
+                               algorithmic_delay_s=self.mode.algorithmic_delay_s, random_weights=True,
+                               streams=self.mode.kind != "batch", precision="fp32 (PyTorch, transformers)",
                                notes=["random decoder: fixed 3 tokens/s, EOS suppressed"])
+        self._decode = self._decode_random
+
+    def _decode_real(self, audio: np.ndarray) -> str:
+        import torch
+
+        inputs = self.processor.apply_transcription_request(audio, language=LANGUAGE)
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, do_sample=False, num_beams=1,
+                                      max_new_tokens=guard_tokens(audio.size / SAMPLE_RATE))
+        new = out[0, inputs["input_ids"].shape[1]:]
+        return self.processor.decode(new, return_format="transcription_only").strip()
 
     def _audio_tokens(self, mel_frames: int, n_window: int = 50) -> int:
         chunk = 2 * n_window
@@ -57,7 +95,7 @@ class Qwen3System:
         per_chunk = ((rest - 1) // 2 + 1 - 1) // 2 + 1
         return (per_chunk - 1) // 2 + 1 + (mel_frames // chunk) * 13
 
-    def _decode(self, audio: np.ndarray) -> str:
+    def _decode_random(self, audio: np.ndarray) -> str:
         import torch
 
         feats = self.extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt", return_attention_mask=True)
