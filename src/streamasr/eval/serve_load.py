@@ -47,6 +47,7 @@ def add_parser(bench_sub):
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--batch-wait", type=float, default=0.25, help="the server's --batch-wait")
     p.add_argument("--busy-batch-wait", type=float, default=None, help="the server's --busy-batch-wait")
+    p.add_argument("--warmup-batches", type=int, default=None, help="the server's --warmup-batches")
     p.add_argument("--max-load", type=float, default=1.0,
                    help="the server's --max-load (default 1: admission by load off, every client is served)")
     p.add_argument("--join-every", type=float, default=0.0, metavar="S",
@@ -226,6 +227,8 @@ def cmd_bench_serve(args) -> int:
                   str(args.max_batch), "--batch-wait", str(args.batch_wait), "--warmup-latency", str(args.latency)]
     if args.busy_batch_wait is not None:
         serve_args += ["--busy-batch-wait", str(args.busy_batch_wait)]
+    if args.warmup_batches is not None:
+        serve_args += ["--warmup-batches", str(args.warmup_batches)]
     if args.threads:
         serve_args += ["--threads", str(args.threads)]
     rows = []
