@@ -17,15 +17,13 @@ import numpy as np
 from streamasr.eval.compare.backend import (
     SAMPLE_RATE,
     SystemInfo,
-    Transcript,
     param_bytes,
 )
 from streamasr.eval.compare.hf_common import (
+    TransformersSystem,
     fixed_tokens,
     guard_tokens,
-    load_checkpoint,
     require,
-    run_mode,
 )
 from streamasr.eval.compare.spec import SystemSpec
 
@@ -36,25 +34,12 @@ PROMPT_LEN = 9  # Canary's multitask prompt (context, language, task, punctuatio
 LANGUAGE = "en"
 
 
-class CanarySystem:
-    def __init__(self, spec: SystemSpec, threads: int):
-        model_cls = require(name, "CanaryForConditionalGeneration", threads)
-        self.mode = spec.mode
-        if spec.random:
-            self._build_random(model_cls, threads)
-        else:
-            self._load(spec, model_cls, threads)
-
-    def _load(self, spec: SystemSpec, model_cls, threads: int) -> None:
-        """A real checkpoint: its processor writes the prompt, its generation config says when to stop."""
-        ckpt = load_checkpoint(name, spec.model, model_cls, require(name, "CanaryProcessor", threads))
-        self.model, self.processor = ckpt.model, ckpt.processor
-        self.info = SystemInfo(model_id=f"canary:{spec.model}", size_bytes=ckpt.size_bytes,
-                               algorithmic_delay_s=spec.mode.algorithmic_delay_s, random_weights=False,
-                               streams=False, precision="fp32 (PyTorch, transformers)",
-                               notes=[(f"greedy, stops at EOS; English transcription with punctuation "
-                                       f"(apply_transcription_request, source = target = {LANGUAGE})")])
-        self._decode = self._decode_real
+class CanarySystem(TransformersSystem):
+    BACKEND = name
+    MODEL_CLASS = "CanaryForConditionalGeneration"
+    PROCESSOR_CLASS = "CanaryProcessor"
+    REAL_NOTE = (f"greedy, stops at EOS; English transcription with punctuation "
+                 f"(apply_transcription_request, source = target = {LANGUAGE})")
 
     def _build_random(self, model_cls, threads: int) -> None:
         config_cls = require(name, "CanaryConfig", threads)
@@ -67,9 +52,8 @@ class CanarySystem:
         self.prompt = torch.tensor([[self.model.config.decoder_start_token_id] + [16] * (PROMPT_LEN - 1)])
         self.info = SystemInfo(model_id="canary:random (CanaryConfig(), the 1B-v2 shape)",
                                size_bytes=param_bytes(self.model), algorithmic_delay_s=self.mode.algorithmic_delay_s,
-                               random_weights=True, streams=False, precision="fp32 (PyTorch, transformers)",
+                               random_weights=True, streams=False, precision=self.PRECISION,
                                notes=["random decoder: fixed 3 tokens/s, EOS suppressed"])
-        self._decode = self._decode_random
 
     def _decode_real(self, audio: np.ndarray) -> str:
         import torch
@@ -91,9 +75,6 @@ class CanarySystem:
                                       decoder_input_ids=self.prompt, min_new_tokens=n, max_new_tokens=n,
                                       do_sample=False)
         return " ".join(f"t{int(t)}" for t in out[0, self.prompt.shape[1]:])
-
-    def transcribe(self, samples: np.ndarray) -> Transcript:
-        return run_mode(self.mode, samples, self._decode)
 
 
 def load(spec: SystemSpec, threads: int) -> CanarySystem:

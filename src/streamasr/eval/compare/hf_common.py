@@ -1,4 +1,5 @@
-"""Shared pieces of the transformers-based backends: availability, checkpoints, generation length, window loop.
+"""Shared pieces of the transformers-based backends: availability, checkpoints, generation length, window loop,
+and `TransformersSystem`, the part of a backend that does not depend on its model family.
 
 A real checkpoint is a `save_pretrained` directory (config, weights, processor files) or a hub id, which
 huggingface_hub downloads into its cache on a connected machine; offline, one line says it cannot be.
@@ -24,12 +25,13 @@ from streamasr.errors import ModelError, OfflineError
 from streamasr.eval.compare.backend import (
     SAMPLE_RATE,
     Step,
+    SystemInfo,
     Transcript,
     timed,
     window_starts,
 )
 from streamasr.eval.compare.merge import merge_overlap, overlap_search_words
-from streamasr.eval.compare.spec import Mode, SpecError
+from streamasr.eval.compare.spec import Mode, SpecError, SystemSpec
 from streamasr.model_store import hub_problem
 
 TOKENS_PER_S = 3.0
@@ -152,3 +154,47 @@ def run_mode(mode: Mode, samples: np.ndarray, decode) -> Transcript:
         merged = merge_overlap(merged, text.split(), overlap_search_words(o))
         steps.append(Step(b / SAMPLE_RATE, dt, " ".join(merged)))
     return Transcript(" ".join(merged), steps)
+
+
+class TransformersSystem:
+    """A transformers backend's system: a real checkpoint (`MODEL_CLASS` and `PROCESSOR_CLASS` from a
+    `save_pretrained` directory or a hub id) or a random build, transcribing through `run_mode`.
+
+    A family subclass names its classes and `REAL_NOTE`, and writes `_build_random` (which sets `model`,
+    `info` and what its decoder needs), `_decode_real` and `_decode_random` (audio -> text)."""
+
+    BACKEND = ""
+    MODEL_CLASS = ""
+    PROCESSOR_CLASS = ""
+    REAL_NOTE = ""
+    PRECISION = "fp32 (PyTorch, transformers)"
+
+    def __init__(self, spec: SystemSpec, threads: int):
+        model_cls = require(self.BACKEND, self.MODEL_CLASS, threads)
+        self.mode = spec.mode
+        if spec.random:
+            self._build_random(model_cls, threads)
+            self._decode = self._decode_random
+        else:
+            self._load(spec, model_cls, threads)
+            self._decode = self._decode_real
+
+    def _load(self, spec: SystemSpec, model_cls, threads: int) -> None:
+        """A real checkpoint: its processor writes the prompt, its generation config says when to stop."""
+        ckpt = load_checkpoint(self.BACKEND, spec.model, model_cls, require(self.BACKEND, self.PROCESSOR_CLASS, threads))
+        self.model, self.processor = ckpt.model, ckpt.processor
+        self.info = SystemInfo(model_id=f"{self.BACKEND}:{spec.model}", size_bytes=ckpt.size_bytes,
+                               algorithmic_delay_s=spec.mode.algorithmic_delay_s, random_weights=False,
+                               streams=spec.mode.kind != "batch", precision=self.PRECISION, notes=[self.REAL_NOTE])
+
+    def _build_random(self, model_cls, threads: int) -> None:
+        raise NotImplementedError
+
+    def _decode_real(self, audio: np.ndarray) -> str:
+        raise NotImplementedError
+
+    def _decode_random(self, audio: np.ndarray) -> str:
+        raise NotImplementedError
+
+    def transcribe(self, samples: np.ndarray) -> Transcript:
+        return run_mode(self.mode, samples, self._decode)

@@ -20,15 +20,13 @@ import numpy as np
 from streamasr.eval.compare.backend import (
     SAMPLE_RATE,
     SystemInfo,
-    Transcript,
     param_bytes,
 )
 from streamasr.eval.compare.hf_common import (
+    TransformersSystem,
     fixed_tokens,
     guard_tokens,
-    load_checkpoint,
     require,
-    run_mode,
 )
 from streamasr.eval.compare.spec import SystemSpec
 
@@ -45,25 +43,11 @@ SUFFIX_IDS = [151670, 151645, 198, 151644, 77091, 198]  # audio end, assistant t
 LANGUAGE = "en"
 
 
-class Qwen3System:
-    def __init__(self, spec: SystemSpec, threads: int):
-        model_cls = require(name, "Qwen3ASRForConditionalGeneration", threads)
-        self.mode = spec.mode
-        if spec.random:
-            self._build_random(model_cls, threads)
-        else:
-            self._load(spec, model_cls, threads)
-
-    def _load(self, spec: SystemSpec, model_cls, threads: int) -> None:
-        """A real checkpoint: its processor writes the chat prompt, its generation config says when to stop."""
-        ckpt = load_checkpoint(name, spec.model, model_cls, require(name, "Qwen3ASRProcessor", threads))
-        self.model, self.processor = ckpt.model, ckpt.processor
-        self.info = SystemInfo(model_id=f"qwen3-asr:{spec.model}", size_bytes=ckpt.size_bytes,
-                               algorithmic_delay_s=spec.mode.algorithmic_delay_s, random_weights=False,
-                               streams=spec.mode.kind != "batch", precision="fp32 (PyTorch, transformers)",
-                               notes=[(f"greedy, stops at EOS; language forced to {LANGUAGE} "
-                                       "(apply_transcription_request)")])
-        self._decode = self._decode_real
+class Qwen3System(TransformersSystem):
+    BACKEND = name
+    MODEL_CLASS = "Qwen3ASRForConditionalGeneration"
+    PROCESSOR_CLASS = "Qwen3ASRProcessor"
+    REAL_NOTE = f"greedy, stops at EOS; language forced to {LANGUAGE} (apply_transcription_request)"
 
     def _build_random(self, model_cls, threads: int) -> None:
         config_cls = require(name, "Qwen3ASRConfig", threads)
@@ -75,9 +59,8 @@ class Qwen3System:
         self.extractor = extractor_cls()
         self.info = SystemInfo(model_id="qwen3-asr:random (0.6B shape)", size_bytes=param_bytes(self.model),
                                algorithmic_delay_s=self.mode.algorithmic_delay_s, random_weights=True,
-                               streams=self.mode.kind != "batch", precision="fp32 (PyTorch, transformers)",
+                               streams=self.mode.kind != "batch", precision=self.PRECISION,
                                notes=["random decoder: fixed 3 tokens/s, EOS suppressed"])
-        self._decode = self._decode_random
 
     def _decode_real(self, audio: np.ndarray) -> str:
         import torch
@@ -108,9 +91,6 @@ class Qwen3System:
                                       input_features=feats["input_features"], input_features_mask=mask,
                                       min_new_tokens=n, max_new_tokens=n, do_sample=False)
         return " ".join(f"t{int(t)}" for t in out[0, ids.shape[1]:])
-
-    def transcribe(self, samples: np.ndarray) -> Transcript:
-        return run_mode(self.mode, samples, self._decode)
 
 
 def load(spec: SystemSpec, threads: int) -> Qwen3System:
