@@ -60,6 +60,7 @@ from streamasr.eval.normalize import (
     normalizer_for,
 )
 from streamasr.eval.ray_engine import RayEngine
+from streamasr.eval.results import write_summary
 from streamasr.eval.stats import bootstrap_ci, corpus_wer, paired_bootstrap, unit_errors
 from streamasr.eval.utterance import BLOCK_S, transcribe_item
 from streamasr.model_store import resolve_model
@@ -537,10 +538,8 @@ def markdown(summary: dict) -> str:
             lines.append(f"| {m['model']} | **mean of {m['n_sets']} sets** | | | {_pct(m['mean_wer'])} | | | | | "
                          f"{_fmt(m['rtfx'], '.1f')} | | {m['size_bytes'] / 1e6:.1f} |")
     if summary["paired"]:
-        lines += ["", "Paired bootstrap, WER(a) - WER(b) on the same utterances:", "",
-                  "| set | a | b | n | diff (pts) | 95% CI | p |", "|---|---|---|---:|---:|---|---:|"]
-        for p in summary["paired"]:
-            lines.append(_paired_line(p["set"], p))
+        lines += _paired_markdown("Paired bootstrap, WER(a) - WER(b) on the same utterances:", "set",
+                                  [(p["set"], p) for p in summary["paired"]])
     if multilingual:
         lines += _language_markdown(summary)
     if summary["mode"] == "offline":
@@ -548,10 +547,14 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def _paired_line(where: str, p: dict) -> str:
-    ci = "-" if p["ci_low"] is None else f"[{_pct(p['ci_low'])}, {_pct(p['ci_high'])}]"
-    return (f"| {where} | {p['model_a']} | {p['model_b']} | {p['n_utterances']} | {_pct(p['diff'])} | {ci} | "
-            f"{_fmt(p['p_value'], '.3f')} |")
+def _paired_markdown(title: str, first_column: str, comparisons: list[tuple[str, dict]]) -> list[str]:
+    """A paired-bootstrap table: one row per (where, comparison), `where` in the first column."""
+    lines = ["", title, "", f"| {first_column} | a | b | n | diff (pts) | 95% CI | p |", "|---|---|---|---:|---:|---|---:|"]
+    for where, p in comparisons:
+        ci = "-" if p["ci_low"] is None else f"[{_pct(p['ci_low'])}, {_pct(p['ci_high'])}]"
+        lines.append(f"| {where} | {p['model_a']} | {p['model_b']} | {p['n_utterances']} | {_pct(p['diff'])} | "
+                     f"{ci} | {_fmt(p['p_value'], '.3f')} |")
+    return lines
 
 
 def _language_markdown(summary: dict) -> list[str]:
@@ -569,10 +572,8 @@ def _language_markdown(summary: dict) -> list[str]:
         lines.append(f"| {m['model']} | **macro average, {m['n_languages']} languages** | | {used} | "
                      f"{_pct(m['macro_average'])} | | | |")
     if summary["language_paired"]:
-        lines += ["", "Paired bootstrap per language, error(a) - error(b) on the same utterances:", "",
-                  "| language | a | b | n | diff (pts) | 95% CI | p |", "|---|---|---|---:|---:|---|---:|"]
-        for p in summary["language_paired"]:
-            lines.append(_paired_line(p["language"] or "unspecified", p))
+        lines += _paired_markdown("Paired bootstrap per language, error(a) - error(b) on the same utterances:",
+                                  "language", [(p["language"] or "unspecified", p) for p in summary["language_paired"]])
     return lines
 
 
@@ -635,16 +636,12 @@ def run(args) -> int:
         summary = evaluate(args, systems, datasets, engine, out)
     finally:
         engine.close()
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    table = markdown(summary)
-    (out / "summary.md").write_text(table + "\n")
-    plot(summary, out / "wer_pareto.png")
-    print(table)
+    png = write_summary(out, summary, markdown(summary), plot, "wer_pareto.png")
     skipped = sum(r["n_skipped"] for r in summary["rows"])
     if skipped:
         print(f"\n{skipped} utterance(s) skipped because of errors; see the \"error\" records in "
               f"{out / 'utterances'}", file=sys.stderr)
-    print(f"\nwrote {out / 'summary.json'}, {out / 'summary.md'}, {out / 'wer_pareto.png'} and "
+    print(f"\nwrote {out / 'summary.json'}, {out / 'summary.md'}, {png} and "
           f"{out / 'utterances'}/", file=sys.stderr)
     return 0
 

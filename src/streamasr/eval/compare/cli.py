@@ -18,7 +18,6 @@ and hypothesis, error counts, audio and compute seconds, simulated latencies).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from streamasr.eval.compare.registry import BACKENDS
 from streamasr.eval.compare.report import markdown, plot
 from streamasr.eval.compare.spec import MODE_HELP
 from streamasr.eval.normalize import NORMALIZERS
+from streamasr.eval.results import write_summary
 
 
 def run(args) -> int:
@@ -39,12 +39,8 @@ def run(args) -> int:
         raise StreamASRError("--bootstrap must be at least 10 replicates")
     summary = run_comparison(args)
     out = Path(args.out)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    table = markdown(summary)
-    (out / "summary.md").write_text(table + "\n")
-    plot(summary, out / "compare_pareto.png")
-    print(table)
-    print(f"\nwrote {out / 'summary.json'}, {out / 'summary.md'}, {out / 'compare_pareto.png'} and "
+    png = write_summary(out, summary, markdown(summary), plot, "compare_pareto.png")
+    print(f"\nwrote {out / 'summary.json'}, {out / 'summary.md'}, {png} and "
           f"{out / 'utterances'}/", file=sys.stderr)
     return 0
 
