@@ -17,9 +17,6 @@ from typing import Any
 
 from streamasr.errors import ModelError
 
-#: ONNX graphs larger than this keep their weights in a side file (`NAME.onnx.data`)
-EXTERNAL_DATA_THRESHOLD = 512 << 20
-
 #: Bumped whenever the directory layout or the graphs' inputs/outputs change incompatibly.
 FORMAT_VERSION = 4  # 2: attention caches in the heads layout; 3: ring buffers, one input per layer (see cache_shapes);
 #                     4: a step's new keys, values and conv states stacked along one axis, fused kernels

@@ -75,8 +75,9 @@ def test_malformed_config_is_one_model_error(tiny_model_dir, tmp_path, case):
                                                              "model needs [2, ?, 128]"))])
 def test_graphs_of_another_model_size_are_refused_at_load(tiny_model_dir, tiny_b_graphs, tmp_path, graph, needle):
     directory = _copy(tiny_model_dir, tmp_path / "model")
-    _replace(directory, graph)
-    (directory / graph).symlink_to(tiny_b_graphs / graph)
+    for name in (graph, graph + ".data"):  # the graph and its weights file
+        _replace(directory, name)
+        (directory / name).symlink_to(tiny_b_graphs / name)
     with pytest.raises(ModelError, match=re.escape(f"{graph} in {directory} does not match its config.json")) as err:
         Model.load_dir(directory, threads=1)
     assert needle in str(err.value) and "different models" in str(err.value)

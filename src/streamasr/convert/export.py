@@ -1,6 +1,6 @@
 """Write a self-contained model directory from a NeMo checkpoint.
 
-Layout: encoder.onnx (+ encoder.onnx.data for large models), decoder.onnx, joint.onnx, frontend.npz
+Layout: encoder.onnx, decoder.onnx, joint.onnx (each with its weights in NAME.onnx.data), frontend.npz
 (STFT window and mel filterbank copied from the checkpoint), tokenizer.model, vocab.txt, config.json.
 """
 
@@ -23,6 +23,7 @@ from streamasr.convert.architecture import (
 )
 from streamasr.convert.graph_rewrite import fuse_skip_layer_norm
 from streamasr.convert.nemo_file import RANDOM_MARKER, NemoCheckpoint
+from streamasr.convert.onnx_file import save_graph
 from streamasr.convert.torch_modules import (
     EncoderStep,
     Joint,
@@ -30,7 +31,7 @@ from streamasr.convert.torch_modules import (
     initial_inputs,
 )
 from streamasr.errors import ModelError
-from streamasr.model_config import EXTERNAL_DATA_THRESHOLD, ModelConfig
+from streamasr.model_config import ModelConfig
 from streamasr.runtime.cache import encoder_input_names
 
 OPSET = 17
@@ -54,14 +55,7 @@ def _export(module, args: tuple, path: Path, inputs: list[str], outputs: list[st
         model = onnx.load(str(raw))
         if rewrite is not None:
             rewrite(model)
-        size = sum(t.ByteSize() for t in model.graph.initializer)
-        for stale in (path, path.with_name(path.name + ".data")):
-            stale.unlink(missing_ok=True)
-        if size > EXTERNAL_DATA_THRESHOLD:
-            onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=path.name + ".data", size_threshold=1024)
-        else:
-            onnx.save_model(model, str(path))
+        save_graph(model, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -18,28 +18,17 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from streamasr.model_config import EXTERNAL_DATA_THRESHOLD
-
-
-def save_encoder(model, directory: Path, filename: str) -> None:
-    """Save `model` as directory/filename, with its weights in filename.data when the graph is large."""
-    import onnx
-
-    size = sum(t.ByteSize() for t in model.graph.initializer)
-    if size > EXTERNAL_DATA_THRESHOLD:
-        onnx.save_model(model, str(directory / filename), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=filename + ".data", size_threshold=1024)
-    else:
-        onnx.save_model(model, str(directory / filename))
+from streamasr.convert.onnx_file import data_file, save_graph
 
 
 def replace_encoder(model_dir: Path, filename: str, model, prefix: str) -> None:
-    """Write `model` over model_dir/filename (and its .data, removed when the new graph has none)."""
+    """Write `model` over model_dir/filename and its weights file (removed when the new graph has no weights
+    outside the graph file)."""
     model_dir = Path(model_dir)
     tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=model_dir))
     try:
-        save_encoder(model, tmp, filename)
-        data = filename + ".data"
+        save_graph(model, tmp / filename)
+        data = data_file(Path(filename)).name
         if (tmp / data).exists():
             os.replace(tmp / data, model_dir / data)
         else:

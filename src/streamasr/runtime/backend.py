@@ -21,6 +21,7 @@ import numpy as np
 from streamasr.errors import ModelError
 from streamasr.model_config import CONFIG_NAME, ModelConfig, cache_shapes
 from streamasr.runtime.cache import CacheFeeds, encoder_input_names
+from streamasr.runtime.mapped_weights import release_mapped_weights
 
 EncoderOut = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 JOINT_OUTPUTS = ["best", "logprob"]  # joint.onnx also has `logits`, fetched only for fused decoding
@@ -259,6 +260,7 @@ class OrtBackend:
             if config is not None:
                 check_session(session, name, path, config)
             self.sessions[name] = session
+            release_mapped_weights(directory)  # after each graph: the next one loads beside less memory
 
     def with_encoder(self, path: Path, options, providers: list | None = None) -> "OrtBackend":
         """A backend sharing this one's decoder and joint sessions, with the encoder loaded from `path` under
@@ -276,6 +278,7 @@ class OrtBackend:
             raise ModelError(f"cannot load {path}: {exc}") from exc
         if self.config is not None:
             check_session(other.sessions["encoder"], "encoder", Path(path), self.config)
+        release_mapped_weights(Path(path).parent)
         return other
 
     def encode(self, mel, drop, caches: CacheFeeds) -> EncoderOut:

@@ -1,0 +1,81 @@
+"""Hand back the resident pages of weight files that ONNX Runtime keeps mapped but no longer reads.
+
+ONNX Runtime maps a graph's weight file (NAME.onnx.data) into memory and builds its initializers on that
+mapping. Each int4 MatMulNBits weight is then packed, with its scales and zero points, into a new buffer;
+the mapped 4-bit originals are released, but on x86 the kernel reports the scales and zero points as not
+packed, so ORT keeps their mapped originals referenced, and resident, since packing read them. The packed
+kernel never reads them again.
+
+Dropping the resident pages of these file mappings, none of whose pages was ever written, (`madvise(MADV_DONTNEED)`) takes them out of
+the process's resident memory without unmapping anything. A page read later is read back from the file on
+first touch, as any mapped file is: the fp32 tensors the step reads (norms, biases, tables) come back after
+one step, the unused scales and zero points stay out. Correctness therefore never depends on which tensors
+ORT still reads; it depends, as any mapping does, on the file not being rewritten in place while the model
+is loaded (the converter and quantizer replace files by rename, which leaves a mapped file intact).
+
+Linux only (it reads /proc/self/maps); elsewhere, or with STREAMASR_RELEASE_MAPPED=0, nothing happens.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
+from pathlib import Path
+
+#: madvise() advice (sys/mman.h): drop the pages; a private file mapping re-reads them from the file
+_MADV_DONTNEED = 4
+
+
+def _libc():
+    if platform.system() != "Linux" or os.environ.get("STREAMASR_RELEASE_MAPPED", "1") == "0":
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    libc.madvise.restype = ctypes.c_int
+    return libc
+
+
+def clean_file_mappings(directory: Path, smaps: str = "/proc/self/smaps") -> list[tuple[int, int, str]]:
+    """(start, end, path) of this process's private mappings of files inside `directory` that hold no
+    written page: every resident page equals the file's, so dropping one loses nothing.
+
+    ONNX Runtime maps weight files readable and writable (copy on write) but never writes to them; a mapping
+    with a written page (its `Anonymous` count in smaps) is left alone all the same."""
+    root = str(Path(directory).resolve()) + os.sep
+    out: list[tuple[int, int, str]] = []
+    try:
+        with open(smaps) as f:
+            lines = f.readlines()
+    except OSError:
+        return out
+    current: tuple[int, int, str] | None = None
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        if "-" in fields[0] and not fields[0].endswith(":"):  # a mapping's header line
+            path = fields[5].rstrip("\n") if len(fields) == 6 else ""
+            keep = fields[1].endswith("p") and path.startswith(root) and not path.endswith(" (deleted)")
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            current = (start, end, path) if keep else None
+        elif current is not None and fields[0] == "Anonymous:":
+            if int(fields[1]) == 0:
+                out.append(current)
+            current = None
+    return out
+
+
+def release_mapped_weights(directory: Path) -> int:
+    """Drop the resident pages of every unwritten private mapping of a file in `directory`; bytes of address
+    range advised (0 where nothing is mapped, off Linux, or turned off)."""
+    libc = _libc()
+    if libc is None:
+        return 0
+    released = 0
+    for start, end, _ in clean_file_mappings(directory):
+        if libc.madvise(start, end - start, _MADV_DONTNEED) == 0:
+            released += end - start
+    return released

@@ -1,0 +1,95 @@
+"""Weight files live beside each graph, and the pages ONNX Runtime keeps mapped are handed back after load."""
+
+from __future__ import annotations
+
+import platform
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamasr.quant.quantize import quantize_model_dir
+from streamasr.runtime import Model
+from streamasr.runtime.mapped_weights import clean_file_mappings
+
+linux_only = pytest.mark.skipif(platform.system() != "Linux", reason="reads /proc/self/smaps")
+
+
+def _mapping(start: int, end: int, perms: str, path: str, anonymous_kb: int) -> str:
+    return (f"{start:x}-{end:x} {perms} 00000000 fe:00 123 {path}\n"
+            f"Size: {(end - start) // 1024} kB\nRss: 4 kB\nAnonymous: {anonymous_kb} kB\nVmFlags: rd mr\n")
+
+
+def test_only_unwritten_private_mappings_inside_the_directory_are_chosen(tmp_path):
+    d = tmp_path / "model"
+    d.mkdir()
+    smaps = tmp_path / "smaps"
+    smaps.write_text(
+        _mapping(0x1000, 0x3000, "rw-p", f"{d}/encoder.onnx.data", 0)           # chosen
+        + _mapping(0x3000, 0x4000, "r--p", f"{d}/decoder.onnx.data", 0)         # chosen
+        + _mapping(0x4000, 0x5000, "rw-p", f"{d}/joint.onnx.data", 8)           # a written page: kept
+        + _mapping(0x5000, 0x6000, "rw-s", f"{d}/shared.data", 0)               # shared: kept
+        + _mapping(0x6000, 0x7000, "r--p", f"{tmp_path}/other/x.data", 0)       # outside: kept
+        + _mapping(0x7000, 0x8000, "r--p", f"{d}/old.onnx.data (deleted)", 0)   # deleted: kept
+        + _mapping(0x8000, 0x9000, "rw-p", "", 0))                              # anonymous: kept
+    chosen = clean_file_mappings(d, smaps=str(smaps))
+    assert [(s, e, Path(p).name) for s, e, p in chosen] == [(0x1000, 0x3000, "encoder.onnx.data"),
+                                                            (0x3000, 0x4000, "decoder.onnx.data")]
+
+
+def test_every_graph_keeps_its_weights_in_a_side_file(tiny_model_dir):
+    for graph in ("encoder", "decoder", "joint"):
+        onnx_file, data = tiny_model_dir / f"{graph}.onnx", tiny_model_dir / f"{graph}.onnx.data"
+        assert data.is_file() and data.stat().st_size > onnx_file.stat().st_size, graph
+
+
+@pytest.fixture(scope="module")
+def int4_dir(tiny_model_dir, tmp_path_factory):
+    d = shutil.copytree(tiny_model_dir, tmp_path_factory.mktemp("mapped") / "m")
+    quantize_model_dir(d, "int4-kquant", block_size=32, accuracy_level=4)
+    assert (d / "encoder.onnx.data").is_file()
+    return d
+
+
+def _resident_mapped(directory: Path) -> tuple[int, int]:
+    """(mapped bytes, resident bytes) of this process's mappings of files in `directory`."""
+    root = str(directory.resolve()) + "/"
+    mapped = resident = 0
+    inside = False
+    for line in open("/proc/self/smaps"):
+        fields = line.split()
+        if "-" in fields[0] and not fields[0].endswith(":"):
+            inside = len(fields) >= 6 and fields[5].startswith(root)
+            if inside:
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                mapped += end - start
+        elif inside and fields[0] == "Rss:":
+            resident += int(fields[1]) * 1024
+    return mapped, resident
+
+
+@linux_only
+def test_loading_hands_back_mapped_weight_pages_and_changes_no_output(int4_dir, speech, monkeypatch):
+    audio = np.concatenate([speech[n] for n in sorted(speech)[:3]])
+
+    monkeypatch.setenv("STREAMASR_RELEASE_MAPPED", "0")
+    kept = Model.load_dir(int4_dir, threads=1)
+    mapped, resident = _resident_mapped(int4_dir)
+    assert mapped > 0 and resident > 0, "ONNX Runtime maps the weight files and, turned off, they stay resident"
+    reference = kept.transcribe(audio, 160).token_ids
+    assert len(reference) >= 5, "the random model must emit tokens for this test to mean anything"
+
+    monkeypatch.delenv("STREAMASR_RELEASE_MAPPED")
+    released = Model.load_dir(int4_dir, threads=1)  # drops the pages of every mapping of the directory's files
+    mapped, resident = _resident_mapped(int4_dir)
+    assert mapped > 0 and resident == 0
+    # pages a step reads come back from the file: outputs of both models are unchanged
+    assert released.transcribe(audio, 160).token_ids == reference
+    assert kept.transcribe(audio, 160).token_ids == reference
+
+
+def test_weight_files_are_as_readable_as_their_graphs(tiny_model_dir):
+    for graph in ("encoder", "decoder", "joint"):
+        mode = (tiny_model_dir / f"{graph}.onnx").stat().st_mode & 0o777
+        assert (tiny_model_dir / f"{graph}.onnx.data").stat().st_mode & 0o777 == mode, graph
