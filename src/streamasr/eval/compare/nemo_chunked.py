@@ -15,6 +15,7 @@ step, so random builds steer the joint's argmax to a token on a fixed share of t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -220,7 +221,12 @@ class _Backend:
     modes: tuple[str, ...] = ("batch", "lcr")
     extra: str = "verify"
 
-    def load(self, spec: SystemSpec, threads: int) -> ChunkedTransducer:
+    def load(self, spec: SystemSpec, threads: int):
+        if self.name == "parakeet-tdt" and spec.mode.kind == "batch" and not spec.random:
+            from streamasr.eval.compare import parakeet_onnx  # imports this module
+
+            if parakeet_onnx.is_onnx_asr_dir(Path(spec.model).expanduser()):  # only onnx-asr reads it
+                return parakeet_onnx.OnnxAsrTdt(self.name, spec, threads, None)
         return ChunkedTransducer(self.name, spec, threads)
 
 
