@@ -10,6 +10,10 @@ MODEL: a .nemo file or hub id (real weights), or `random:` for the real architec
 (speed, size and memory only). A random joint network would emit blank everywhere or a token on every
 step, so random builds steer the joint's argmax to a token on a fixed share of the joint calls,
 `TOKENS_PER_S` tokens per second of audio as in speech, leaving the joint's own compute in place.
+
+Runtime of batch: NeMo PyTorch here, so that BSF divides chunked by batch on one runtime; `parakeet-tdt-onnx`
+(`parakeet_onnx.py`) runs the same network in batch on onnx-asr, 2.7x (fp32) and 3.2x (int8) NeMo's batch RTFx
+on this machine (docs/benchmarks.md), and `parakeet-tdt:DIR@batch` uses it for an onnx-asr directory.
 """
 
 from __future__ import annotations
