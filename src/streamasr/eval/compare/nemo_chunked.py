@@ -10,11 +10,16 @@ MODEL: a .nemo file or hub id (real weights), or `random:` for the real architec
 (speed, size and memory only). A random joint network would emit blank everywhere or a token on every
 step, so random builds steer the joint's argmax to a token on a fixed share of the joint calls,
 `TOKENS_PER_S` tokens per second of audio as in speech, leaving the joint's own compute in place.
+
+Runtime of batch: NeMo PyTorch here, so that BSF divides chunked by batch on one runtime; `parakeet-tdt-onnx`
+(`parakeet_onnx.py`) runs the same network in batch on onnx-asr, 2.7x (fp32) and 3.2x (int8) NeMo's batch RTFx
+on this machine (docs/benchmarks.md), and `parakeet-tdt:DIR@batch` uses it for an onnx-asr directory.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -220,7 +225,12 @@ class _Backend:
     modes: tuple[str, ...] = ("batch", "lcr")
     extra: str = "verify"
 
-    def load(self, spec: SystemSpec, threads: int) -> ChunkedTransducer:
+    def load(self, spec: SystemSpec, threads: int):
+        if self.name == "parakeet-tdt" and spec.mode.kind == "batch" and not spec.random:
+            from streamasr.eval.compare import parakeet_onnx  # imports this module
+
+            if parakeet_onnx.is_onnx_asr_dir(Path(spec.model).expanduser()):  # only onnx-asr reads it
+                return parakeet_onnx.OnnxAsrTdt(self.name, spec, threads, None)
         return ChunkedTransducer(self.name, spec, threads)
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from streamasr.eval.compare import canary, nemo, nemo_chunked, nemotron, qwen3, whisper
+from streamasr.eval.compare import canary, nemo, nemo_chunked, nemotron, parakeet_onnx, qwen3, whisper
 from streamasr.eval.compare.backend import LoadedSystem
 from streamasr.eval.compare.spec import SpecError, SystemSpec, parse_system
 
-BACKENDS: dict[str, object] = {m.name: m for m in (nemotron, nemo, whisper, *nemo_chunked.BACKENDS, canary, qwen3)}
+BACKENDS: dict[str, object] = {m.name: m for m in (nemotron, nemo, whisper, *nemo_chunked.BACKENDS,
+                                                   *parakeet_onnx.BACKENDS, canary, qwen3)}
 
 
 def backend(spec: SystemSpec):
