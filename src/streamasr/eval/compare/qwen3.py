@@ -6,8 +6,9 @@ asked for English the documented way (`apply_transcription_request(language="en"
 checkpoint's EOS; the text is the processor's `decode(..., return_format="transcription_only")`.
 
 random: builds `Qwen3ASRForConditionalGeneration` at the 0.6B shape (LLM: Qwen3-0.6B, 28 layers, hidden 1024,
-16/8 heads, 151936 tokens; audio encoder: 18 layers, d_model 896, 14 heads, the smaller AuT encoder, an
-assumption where the public configs were not at hand) with random weights, and generates a fixed,
+16/8 heads, 151936 tokens; audio encoder: 18 layers, d_model 896, 14 heads, FFN 3584, output 1024, the
+smaller AuT encoder, as independent ports of the 0.6B checkpoint document it, e.g. qwen3-asr-swift's model
+notes; transformers' own defaults are the 1.7B's) with random weights, and generates a fixed,
 speech-like number of tokens (`hf_common`). chunk(W,O): windows of W s overlapping by O s (the paper's
 "chunk / stride"), each transcribed alone, stitched by `merge.merge_overlap` (the paper stitches by
 forced-aligner timestamps, which random weights cannot give).
