@@ -103,6 +103,8 @@ def random_config(shape: CanaryShape, spl_dir: Path, text_dir: Path) -> dict:
     d, h = shape.d_model, shape.dec_hidden
     return {
         "prompt_format": "canary2",
+        # no forced-alignment model to restore (NeMo would look for one in whatever .nemo it restored last)
+        "restore_timestamps_model": False,
         "prompt_defaults": [{"role": "user", "slots": dict(RANDOM_PROMPT)}],
         "sample_rate": SAMPLE_RATE,
         "model_defaults": {"asr_enc_hidden": d, "lm_enc_hidden": h, "lm_dec_hidden": h},
