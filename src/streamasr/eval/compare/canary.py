@@ -1,13 +1,16 @@
-"""`canary`: Canary-1B-v2 (FastConformer encoder + Transformer decoder) through transformers, batch.
+"""`canary`: Canary-1B-v2 (FastConformer encoder + Transformer decoder): batch through transformers, and
+chunk(L-C-R) through NeMo's streaming AED decoding with the AlignAtt policy (`canary_alignatt.py`).
 
-MODEL: a `save_pretrained` directory or a hub id (`hf_common.load_checkpoint`) with `CanaryProcessor`, asked
-for English transcription the documented way (`apply_transcription_request`: source = target = English,
-punctuation on); greedy, stopping at the checkpoint's EOS.
+batch, MODEL: a `save_pretrained` directory or a hub id (`hf_common.load_checkpoint`) with `CanaryProcessor`,
+asked for English transcription the documented way (`apply_transcription_request`: source = target =
+English, punctuation on); greedy, stopping at the checkpoint's EOS. random: builds transformers'
+`CanaryConfig()` (the 1B-v2 shape: 32 encoder layers, 8 decoder layers, d_model 1024, 16384 tokens) with
+random weights and generates a fixed, speech-like number of tokens (`hf_common`).
 
-random: builds transformers' `CanaryConfig()` (the 1B-v2 shape: 32 encoder layers, 8 decoder layers,
-d_model 1024, 16384 tokens) with random weights and generates a fixed, speech-like number of tokens
-(`hf_common`). Chunked AlignAtt streaming exists only inside NeMo's AED decoding for a real checkpoint, so
-it is not offered here.
+chunk(L-C-R), MODEL: a .nemo file or hub id of a NeMo Canary, or `random:` (NeMo's EncDecMultiTaskModel at
+the 1B-v2 shape). NeMo 3.0's AlignAtt streaming (`aed_decoding.GreedyBatchedStreamingAEDComputer` driven as
+its example `speech_to_text_aed_streaming_infer.py` drives it: left + chunk + right seconds of audio encoded
+per chunk) runs on CPU; the two modes of `random:` are the same shape on two runtimes (transformers, NeMo).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from streamasr.eval.compare.hf_common import (
 from streamasr.eval.compare.spec import SystemSpec
 
 name = "canary"
-modes = ("batch",)
+modes = ("batch", "lcr")
 extra = "verify"
 PROMPT_LEN = 9  # Canary's multitask prompt (context, language, task, punctuation, ... tokens)
 LANGUAGE = "en"
@@ -77,5 +80,9 @@ class CanarySystem(TransformersSystem):
         return " ".join(f"t{int(t)}" for t in out[0, self.prompt.shape[1]:])
 
 
-def load(spec: SystemSpec, threads: int) -> CanarySystem:
+def load(spec: SystemSpec, threads: int):
+    if spec.mode.kind == "lcr":
+        from streamasr.eval.compare.canary_alignatt import CanaryAlignAtt
+
+        return CanaryAlignAtt(spec, threads)
     return CanarySystem(spec, threads)
