@@ -22,6 +22,7 @@ from streamasr.eval.compare.backend import (
     SystemInfo,
     param_bytes,
 )
+from streamasr.eval.compare.canary_alignatt import CanaryAlignAtt
 from streamasr.eval.compare.hf_common import (
     TransformersSystem,
     fixed_tokens,
@@ -82,7 +83,5 @@ class CanarySystem(TransformersSystem):
 
 def load(spec: SystemSpec, threads: int):
     if spec.mode.kind == "lcr":
-        from streamasr.eval.compare.canary_alignatt import CanaryAlignAtt
-
         return CanaryAlignAtt(spec, threads)
     return CanarySystem(spec, threads)
