@@ -66,9 +66,10 @@ class TorchReference:
         chunks = stream.finish(mel)
         return torch.from_numpy(np.concatenate([c.encoded for c in chunks]))
 
-    def greedy(self, encoded: torch.Tensor) -> list[int]:
+    def greedy(self, encoded: torch.Tensor, from_frame: int = 0) -> list[int]:
+        """Greedy token ids over the encoder output (T, D); only those emitted at frame `from_frame` or later."""
         w, b = self.state_dict["joint.enc.weight"], self.state_dict.get("joint.enc.bias")
         proj = encoded @ w.t() + (0 if b is None else b)
         dec = GreedyDecoder(self.backend, self.arch.decoder)
         dec.decode_chunk(proj.numpy().astype(np.float32))
-        return [t.id for t in dec.tokens]
+        return [t.id for t in dec.tokens if t.frame >= from_frame]

@@ -284,6 +284,17 @@ class SpeechLikeReport:
     blank_scale: float  # weight of the blank row (x 1/joint_hidden on every hidden unit)
 
 
+#: streams a full-size model is tuned on: long enough that the attention cache fills (70 frames, 5.6 s) and
+#: the encoder's output settles, which is what any real stream sees after its first seconds
+TUNING_STREAMS = 2
+
+
+def long_tuning_streams() -> list[np.ndarray]:
+    """The bundled clips, end to end, as TUNING_STREAMS streams of equal length (about 23 s each)."""
+    whole = np.concatenate(bundled_speech())
+    return [np.ascontiguousarray(part) for part in np.array_split(whole, TUNING_STREAMS)]
+
+
 def make_speech_like(
     state_dict: dict[str, Any],
     nemo_cfg: dict[str, Any],
@@ -394,7 +405,11 @@ def make_speech_like(
     w_out[blank] = 1.0 / w_out.shape[1]
     state_dict[out + ".weight"] = w_out
     state_dict[out + ".bias"] = torch.zeros(blank + 1)
-    n_frames = sum(e.shape[0] for e in encoded)
+    # The token rate is measured where a stream is steady when the tuning streams are long enough to have a
+    # steady part: tokens of the start transient would otherwise set the blank weight, and a long stream,
+    # steady after its first seconds, would then emit next to nothing (or far too much).
+    skip = START_FRAMES if min(e.shape[0] for e in encoded) >= 3 * START_FRAMES else 0
+    n_frames = sum(e.shape[0] - skip for e in encoded)
     ref = TorchReference.from_state_dict(nemo_cfg, state_dict)
     blank_row = ref.backend.joint_net.out.weight_t  # (J, V+1), the exported module's copy, tuned in place
 
@@ -403,7 +418,7 @@ def make_speech_like(
             blank_row[:, blank] = scale / w_out.shape[1]
         toks, total = [], 0
         for e in encoded:
-            toks.append(ref.greedy(e))
+            toks.append(ref.greedy(e, from_frame=skip))
             total += len(toks[-1])
             if total > 3 * target_tokens_per_frame * n_frames:  # clearly too many: no need to finish
                 return math.inf, toks
@@ -450,8 +465,8 @@ def build_random_nemo(name: str, path: Path, seed: int = 0, speech: list[np.ndar
         cfg = nemo_config(spec, str(tok_dir))
         report("drawing random weights")
         sd = random_state_dict(spec, seed=seed)
-        if speech is None:  # the full-size model runs slowly in torch: tune it on a few seconds of speech
-            speech = bundled_speech(max_seconds=10.0) if spec.d_model < 512 else bundled_speech(max_seconds=6.0)[:4]
+        if speech is None:
+            speech = bundled_speech(max_seconds=10.0) if spec.d_model < 512 else long_tuning_streams()
         result = make_speech_like(sd, cfg, speech, seed=seed, progress=progress)
         report("writing .nemo")
         if nemo_model_factory is not None:

@@ -19,6 +19,7 @@ import numpy as np
 from streamasr.convert.random_model import (
     ARCHITECTURES,
     RANDOM_PREFIX,
+    long_tuning_streams,
     make_speech_like,
     nemo_config,
     random_state_dict,
@@ -71,7 +72,7 @@ def random_nemo_model(name: str, seed: int = 0):
         tok_dir = train_tokenizer(Path(tmp) / "tokenizer", spec.vocab_size, seed=seed)
         cfg = nemo_config(spec, str(tok_dir))
         sd = random_state_dict(spec, seed=seed)
-        speech = bundled_speech(max_seconds=10.0) if spec.d_model < 512 else bundled_speech(max_seconds=6.0)[:4]
+        speech = bundled_speech(max_seconds=10.0) if spec.d_model < 512 else long_tuning_streams()
         make_speech_like(sd, cfg, speech, seed=seed)
         torch.manual_seed(seed)
         model = EncDecRNNTBPEModel(cfg=OmegaConf.create(cfg))
