@@ -43,7 +43,11 @@ from streamasr.eval.compare.backend import (
     timed,
 )
 from streamasr.eval.compare.hf_common import TOKENS_PER_S, fixed_tokens
-from streamasr.eval.compare.nemo_common import checkpoint_size, load_checkpoint, require_nemo
+from streamasr.eval.compare.nemo_common import (
+    checkpoint_size,
+    load_checkpoint,
+    require_nemo,
+)
 from streamasr.eval.compare.spec import SpecError, SystemSpec
 
 BACKEND = "canary"
@@ -157,7 +161,9 @@ def build_random(shape: CanaryShape, workdir: Path, seed: int = 0):
 
 
 def _greedy(model) -> None:
-    from nemo.collections.asr.parts.submodules.multitask_decoding import MultiTaskDecodingConfig
+    from nemo.collections.asr.parts.submodules.multitask_decoding import (
+        MultiTaskDecodingConfig,
+    )
     from omegaconf import OmegaConf
 
     model.change_decoding_strategy(OmegaConf.structured(MultiTaskDecodingConfig(strategy="greedy")))
@@ -195,7 +201,9 @@ class CanaryAlignAtt:
             GreedyBatchedStreamingAEDComputer,
             return_decoder_input_ids,
         )
-        from nemo.collections.asr.parts.submodules.multitask_decoding import AEDStreamingDecodingConfig
+        from nemo.collections.asr.parts.submodules.multitask_decoding import (
+            AEDStreamingDecodingConfig,
+        )
         from nemo.collections.asr.parts.utils.streaming_utils import ContextSize
         from omegaconf import OmegaConf
 
@@ -273,8 +281,12 @@ class CanaryAlignAtt:
                              prev_batched_state=state)
 
     def transcribe(self, samples: np.ndarray) -> Transcript:
-        from nemo.collections.asr.parts.submodules.aed_decoding import GreedyBatchedStreamingAEDComputer
-        from nemo.collections.asr.parts.utils.streaming_utils import StreamingBatchedAudioBuffer
+        from nemo.collections.asr.parts.submodules.aed_decoding import (
+            GreedyBatchedStreamingAEDComputer,
+        )
+        from nemo.collections.asr.parts.utils.streaming_utils import (
+            StreamingBatchedAudioBuffer,
+        )
 
         torch = self._torch
         audio = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))[None]

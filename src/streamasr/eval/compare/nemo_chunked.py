@@ -13,13 +13,12 @@ step, so random builds steer the joint's argmax to a token on a fixed share of t
 
 Runtime of batch: NeMo PyTorch here, so that BSF divides chunked by batch on one runtime; `parakeet-tdt-onnx`
 (`parakeet_onnx.py`) runs the same network in batch on onnx-asr, 2.7x (fp32) and 3.2x (int8) NeMo's batch RTFx
-on this machine (docs/benchmarks.md), and `parakeet-tdt:DIR@batch` uses it for an onnx-asr directory.
+on this machine (docs/benchmarks.md); an onnx-asr folder given here is refused with that pointer.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -225,12 +224,7 @@ class _Backend:
     modes: tuple[str, ...] = ("batch", "lcr")
     extra: str = "verify"
 
-    def load(self, spec: SystemSpec, threads: int):
-        if self.name == "parakeet-tdt" and spec.mode.kind == "batch" and not spec.random:
-            from streamasr.eval.compare import parakeet_onnx  # imports this module
-
-            if parakeet_onnx.is_onnx_asr_dir(Path(spec.model).expanduser()):  # only onnx-asr reads it
-                return parakeet_onnx.OnnxAsrTdt(self.name, spec, threads, None)
+    def load(self, spec: SystemSpec, threads: int) -> ChunkedTransducer:
         return ChunkedTransducer(self.name, spec, threads)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from streamasr.errors import ModelError, OfflineError
@@ -22,10 +23,29 @@ def require_nemo(backend: str, threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+#: onnx-asr's model folder: its config.json and the model_type it gives a NeMo TDT transducer
+ONNX_ASR_CONFIG = "config.json"
+ONNX_ASR_TDT = "nemo-conformer-tdt"
+
+
+def is_onnx_asr_dir(path: Path) -> bool:
+    """Whether `path` is an onnx-asr folder of a NeMo TDT model (what `parakeet-tdt-onnx` runs)."""
+    cfg = Path(path) / ONNX_ASR_CONFIG
+    if not cfg.is_file():
+        return False
+    try:
+        return json.loads(cfg.read_text()).get("model_type") == ONNX_ASR_TDT
+    except (OSError, ValueError):
+        return False
+
+
 def load_checkpoint(source: str, backend: str):
     """A NeMo ASR model from a .nemo file or a hub id (downloaded by NeMo on a connected machine)."""
     path = Path(source).expanduser()
     if path.exists():
+        if is_onnx_asr_dir(path):
+            raise ModelError(f"backend {backend}: {path} is an onnx-asr folder, which NeMo cannot read; "
+                             f"run it as parakeet-tdt-onnx:{path}@batch")
         if not path.is_file() or path.suffix != ".nemo":
             raise ModelError(f"backend {backend}: {path} is not a .nemo checkpoint")
         return load_nemo_model(path)

@@ -30,13 +30,26 @@ import numpy as np
 
 from streamasr.errors import ModelError, OfflineError
 from streamasr.eval.compare.backend import SystemInfo, Transcript, batch_transcript
-from streamasr.eval.compare.nemo_chunked import SHAPES, TOKENS_PER_S, TransducerShape, build_random
+from streamasr.eval.compare.nemo_chunked import (
+    SHAPES,
+    TOKENS_PER_S,
+    TransducerShape,
+    build_random,
+)
+from streamasr.eval.compare.nemo_common import (
+    ONNX_ASR_CONFIG,
+    ONNX_ASR_TDT,
+    load_checkpoint,
+    require_nemo,
+)
 from streamasr.eval.compare.spec import SpecError, SystemSpec
+from streamasr.model_store import cache_root, hub_problem
+from streamasr.speech import bundled_speech
 
-CONFIG = "config.json"
+CONFIG = ONNX_ASR_CONFIG
 VOCAB = "vocab.txt"
 GRAPHS = ("encoder-model", "decoder_joint-model")
-MODEL_TYPE = "nemo-conformer-tdt"
+MODEL_TYPE = ONNX_ASR_TDT
 RANDOM_MARKER = "streamasr_random_weights"
 #: version of what `export_onnx_asr` writes for a random build (a new one invalidates cached exports)
 RANDOM_EXPORT_VERSION = 2
@@ -119,7 +132,6 @@ def steer_blank_bias(model, shape: TransducerShape, speech: list[np.ndarray],
 
 def build_steered_random(shape: TransducerShape, seed: int = 0, speech: list[np.ndarray] | None = None):
     """(NeMo model of `shape` with random weights and a steered joint, tokens/s it reached on `speech`)."""
-    from streamasr.speech import bundled_speech
 
     model = build_random(shape, seed)
     if speech is None:
@@ -168,26 +180,12 @@ def export_onnx_asr(model, out_dir: Path, int8: bool = True, random_weights: boo
     return out_dir
 
 
-def is_onnx_asr_dir(path: Path) -> bool:
-    cfg = Path(path) / CONFIG
-    if not cfg.is_file():
-        return False
-    try:
-        return json.loads(cfg.read_text()).get("model_type") == MODEL_TYPE
-    except (OSError, ValueError):
-        return False
-
-
 def _cache_dir(key: str) -> Path:
-    from streamasr.model_store import cache_root
-
     return cache_root() / "onnx-asr" / key
 
 
 def exported(source: str, threads: int, backend: str) -> Path:
     """The onnx-asr directory for a .nemo file or `random:` (exported into the cache once)."""
-    from streamasr.eval.compare.nemo_common import require_nemo
-
     if source.startswith("random:"):
         shape = SHAPES["parakeet-tdt"]
         tag = hashlib.sha1(f"{shape}|seed0|{TOKENS_PER_S}|v{RANDOM_EXPORT_VERSION}".encode()).hexdigest()[:12]
@@ -203,8 +201,6 @@ def exported(source: str, threads: int, backend: str) -> Path:
     tag = hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
     out = _cache_dir(f"{path.stem}-{tag}")
     if not (out / CONFIG).is_file():
-        from streamasr.eval.compare.nemo_common import load_checkpoint
-
         require_nemo(backend, threads)
         model = load_checkpoint(str(path), backend)
         marker = bool(model.cfg.get("streamasr_random_weights", False))
@@ -243,8 +239,6 @@ class OnnxAsrTdt:
         opts.inter_op_num_threads = 1
         kwargs = {"quantization": quantization, "sess_options": opts, "providers": ["CPUExecutionProvider"]}
         if directory is None:
-            from streamasr.model_store import hub_problem
-
             if os.environ.get("HF_HUB_OFFLINE") == "1" or (why := hub_problem()):
                 why = "HF_HUB_OFFLINE=1" if os.environ.get("HF_HUB_OFFLINE") == "1" else why
                 raise OfflineError(f"backend {backend}: cannot reach the Hugging Face hub to download {source} "
