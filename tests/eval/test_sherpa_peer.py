@@ -84,6 +84,8 @@ def test_bench_speed_peer_row_and_token_agreement(tiny, tmp_path, capsys):
     assert peer["rtfx"] > 0 and peer["chunk_p50_ms"] > 0 and peer["size_bytes"] > 0
     # each application's own peak, from a clean child process; NeMo gets none
     assert ours["app_peak_rss_bytes"] > 20e6 and peer["app_peak_rss_bytes"] > 20e6 and nemo["app_peak_rss_bytes"] is None
+    # the load's own memory, from the same child: what loading the model took, never less than nothing
+    assert 0 < ours["load_rss_bytes"] <= ours["app_peak_rss_bytes"]
     # our fp32 model reproduces NeMo's streaming tokens; sherpa-onnx's front end and chunking do not
     for r in rows:
         if r["quantization"] == "fp32":

@@ -435,16 +435,20 @@ def format_table(rows: list[Row], compare: bool) -> str:
 
 
 def measure_app_peaks(rows: list[Row], samples: np.ndarray, threads: int, block_ms: float) -> None:
-    """Fill each row's `app_peak_rss_bytes`: its model alone in a clean child process (eval/memory.py),
-    streaming `samples` at the row's latency. The bench's own process holds every model, its harness and
-    often torch, so its RSS is not what an application pays. NeMo rows get none."""
+    """Fill each row's `app_peak_rss_bytes` (and, for our models, `load_rss_bytes`): its model alone in a
+    clean child process (eval/memory.py), streaming `samples` at the row's latency. The bench's own process
+    holds every model, its harness and often torch, so its RSS is not what an application pays, and its RSS
+    delta across a load also counts what the load's heap trimming hands back of memory others freed before.
+    NeMo rows get none."""
     for row in rows:
         if row.quantization.endswith("(sherpa-onnx)"):
             row.app_peak_rss_bytes = peer_memory(Path(row.directory), samples, row.latency_ms, threads,
                                                  block_ms)["peak_rss_bytes"]
         elif row.directory and "[" not in row.quantization:  # our model on the CPU provider
-            row.app_peak_rss_bytes = app_memory(Path(row.directory), samples, [row.latency_ms], threads,
-                                                block_ms)["peak_rss_bytes"]
+            result = app_memory(Path(row.directory), samples, [row.latency_ms], threads, block_ms)
+            row.app_peak_rss_bytes = result["peak_rss_bytes"]
+            stages = {s["stage"]: s for s in result["stages"]}
+            row.load_rss_bytes = stages["load"]["rss"] - stages["audio"]["rss"]
 
 
 def format_agreement(rows: list[Row], nemo_label: str) -> str:
