@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from streamasr.eval.serve_load import server_process
 from streamasr.quant.quantize import quantize_model_dir
 from streamasr.runtime import Model
 from streamasr.runtime.mapped_weights import clean_file_mappings
@@ -93,3 +94,31 @@ def test_weight_files_are_as_readable_as_their_graphs(tiny_model_dir):
     for graph in ("encoder", "decoder", "joint"):
         mode = (tiny_model_dir / f"{graph}.onnx").stat().st_mode & 0o777
         assert (tiny_model_dir / f"{graph}.onnx.data").stat().st_mode & 0o777 == mode, graph
+
+
+def _resident_in(pid: int, directory: Path) -> int:
+    """Resident bytes of process `pid`'s mappings of files in `directory`."""
+    root = str(directory.resolve()) + "/"
+    resident, inside = 0, False
+    for line in open(f"/proc/{pid}/smaps"):
+        fields = line.split()
+        if "-" in fields[0] and not fields[0].endswith(":"):
+            inside = len(fields) >= 6 and fields[5].startswith(root)
+        elif inside and fields[0] == "Rss:":
+            resident += int(fields[1]) * 1024
+    return resident
+
+
+@linux_only
+def test_the_server_keeps_weight_pages_unless_told_to_release(int4_dir, monkeypatch):
+    """`streamasr serve` keeps them by default (releasing cost a busy server CPU and p95 stalls); with
+    STREAMASR_RELEASE_MAPPED=1 only what its warm-up steps read comes back."""
+    resident = {}
+    for env in (None, "1"):
+        if env is None:
+            monkeypatch.delenv("STREAMASR_RELEASE_MAPPED", raising=False)
+        else:
+            monkeypatch.setenv("STREAMASR_RELEASE_MAPPED", env)
+        with server_process(int4_dir, ["--threads", "1"]) as (server, _port):
+            resident[env] = _resident_in(server.pid, int4_dir)
+    assert resident[None] > resident["1"] > 0, resident
