@@ -63,6 +63,18 @@ def _hub_endpoint() -> tuple[str, int]:
     return url.hostname or "huggingface.co", url.port or (443 if url.scheme in ("https", "") else 80)
 
 
+#: values of HF_HUB_OFFLINE that mean "on" (huggingface_hub's own reading)
+_TRUE = {"1", "on", "yes", "true"}
+
+
+def offline_reason() -> str | None:
+    """Why the hub cannot be used now: HF_HUB_OFFLINE (read at call time: huggingface_hub reads it once, at
+    import), else the connection probe of `hub_problem`; None when the hub answers."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE:
+        return "HF_HUB_OFFLINE is set"
+    return hub_problem()
+
+
 def hub_problem(timeout: float = HUB_CONNECT_TIMEOUT_S) -> str | None:
     """Why a TCP connection to the hub (or the proxy) does not open within `timeout` seconds, DNS
     included; None when it does.
@@ -117,14 +129,14 @@ def download_nemo(repo_id: str) -> Path:
     download in the HF cache is used, else an OfflineError says how to pass a local file: in seconds, not
     after huggingface_hub's retries."""
     try:
-        from huggingface_hub import constants, hf_hub_download, list_repo_files
+        from huggingface_hub import hf_hub_download, list_repo_files
         from huggingface_hub.errors import RepositoryNotFoundError
     except ImportError as exc:  # pragma: no cover - a runtime dependency
         raise ModelError("huggingface_hub is required to download models") from exc
     from huggingface_hub.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # one clear error below instead of a retry log
-    problem = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else hub_problem()
+    problem = offline_reason()
     if problem:
         cached = _cached_nemo(repo_id)
         if cached is not None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from streamasr.eval.compare.backend import (
 )
 from streamasr.eval.compare.merge import merge_overlap, overlap_search_words
 from streamasr.eval.compare.spec import Mode, SpecError, SystemSpec
-from streamasr.model_store import hub_problem
+from streamasr.model_store import offline_reason
 
 TOKENS_PER_S = 3.0
 # A guard, not a length: speech runs at about 3-5 tokens/s, so a real decoder reaches EOS long before this.
@@ -42,7 +41,6 @@ GUARD_TOKENS_MIN = 16
 # `*.bin` copies of the same weights, which some repositories also carry (gigabytes nobody loads here).
 HUB_PATTERNS = ["*.json", "*.jinja", "*.safetensors", "*.model", "*.txt", "*.tiktoken"]
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
-_TRUE = {"1", "on", "yes", "true"}
 
 
 def require(backend: str, class_name: str, threads: int):
@@ -82,14 +80,6 @@ def _looks_local(source: str) -> bool:
     return source.startswith(("/", ".", "~")) or source.count("/") > 1 or source.endswith("/")
 
 
-def _offline_reason() -> str | None:
-    """Why the hub cannot be used now: HF_HUB_OFFLINE (read at call time: huggingface_hub reads it once, at
-    import), else the connection probe of `model_store.hub_problem`; None when the hub answers."""
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE:
-        return "HF_HUB_OFFLINE is set"
-    return hub_problem()
-
-
 def resolve_checkpoint(backend: str, source: str) -> Path:
     """The directory of `source`: a local `save_pretrained` folder as it is, a hub id from the cache (an
     earlier download) or downloaded now; offline or missing, one line that says so."""
@@ -105,7 +95,7 @@ def resolve_checkpoint(backend: str, source: str) -> Path:
 
     with contextlib.suppress(Exception):  # an earlier download (huggingface_hub raises several types)
         return Path(snapshot_download(source, allow_patterns=HUB_PATTERNS, local_files_only=True))
-    why = _offline_reason()
+    why = offline_reason()
     if why:
         raise OfflineError(f"backend {backend}: cannot reach the Hugging Face hub to download {source} ({why}); "
                            "pass a local save_pretrained directory, or random: for speed, size and memory only")

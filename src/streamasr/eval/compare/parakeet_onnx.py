@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from streamasr.convert.nemo_file import RANDOM_MARKER
 from streamasr.errors import ModelError, OfflineError
 from streamasr.eval.compare.backend import SystemInfo, Transcript, batch_transcript
 from streamasr.eval.compare.nemo_chunked import (
@@ -43,14 +43,13 @@ from streamasr.eval.compare.nemo_common import (
     require_nemo,
 )
 from streamasr.eval.compare.spec import SpecError, SystemSpec
-from streamasr.model_store import cache_root, hub_problem
+from streamasr.model_store import cache_root, offline_reason
 from streamasr.speech import bundled_speech
 
 CONFIG = ONNX_ASR_CONFIG
 VOCAB = "vocab.txt"
 GRAPHS = ("encoder-model", "decoder_joint-model")
 MODEL_TYPE = ONNX_ASR_TDT
-RANDOM_MARKER = "streamasr_random_weights"
 #: version of what `export_onnx_asr` writes for a random build (a new one invalidates cached exports)
 RANDOM_EXPORT_VERSION = 2
 #: bisection steps of the blank bias (each a greedy decode of the calibration speech)
@@ -203,7 +202,7 @@ def exported(source: str, threads: int, backend: str) -> Path:
     if not (out / CONFIG).is_file():
         require_nemo(backend, threads)
         model = load_checkpoint(str(path), backend)
-        marker = bool(model.cfg.get("streamasr_random_weights", False))
+        marker = bool(model.cfg.get(RANDOM_MARKER, False))
         export_onnx_asr(model, out, random_weights=marker)
     return out
 
@@ -239,8 +238,8 @@ class OnnxAsrTdt:
         opts.inter_op_num_threads = 1
         kwargs = {"quantization": quantization, "sess_options": opts, "providers": ["CPUExecutionProvider"]}
         if directory is None:
-            if os.environ.get("HF_HUB_OFFLINE") == "1" or (why := hub_problem()):
-                why = "HF_HUB_OFFLINE=1" if os.environ.get("HF_HUB_OFFLINE") == "1" else why
+            why = offline_reason()
+            if why:
                 raise OfflineError(f"backend {backend}: cannot reach the Hugging Face hub to download {source} "
                                    f"({why}); pass an onnx-asr directory, a .nemo file, or random: for speed, "
                                    "size and memory only")
