@@ -13,8 +13,10 @@ import jiwer
 import pytest
 
 from streamasr.cli import main
+from streamasr.errors import OfflineError
 from streamasr.eval.compare import whisper as whisper_backend
 from streamasr.eval.compare.backend import window_starts
+from streamasr.eval.compare.nemo_common import load_checkpoint
 from streamasr.eval.compare.merge import LocalAgreement, TimedWord, merge_overlap
 from streamasr.eval.compare.registry import check
 from streamasr.eval.compare.spec import SpecError, parse_mode, parse_system
@@ -177,9 +179,24 @@ def test_bad_systems_are_one_line(capsys, clips_manifest, tmp_path, monkeypatch,
 
 
 def test_whisper_hub_id_offline_and_missing_extra_are_one_line(capsys, clips_manifest, tmp_path, monkeypatch):
-    monkeypatch.setattr(whisper_backend, "hub_problem", lambda *a, **k: "cannot resolve huggingface.co")
+    monkeypatch.setattr("streamasr.model_store.hub_problem", lambda *a, **k: "cannot resolve huggingface.co")
     code, _, err = _run(capsys, clips_manifest, tmp_path / "o", "whisper:Systran/faster-whisper-small.en@batch")
     assert code == 2 and "cannot reach the Hugging Face hub" in err and len(err.strip().splitlines()) == 1
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # said without probing the network
+    code, _, err = _run(capsys, clips_manifest, tmp_path / "f", "whisper:Systran/faster-whisper-small.en@batch")
+    assert code == 2 and "(HF_HUB_OFFLINE is set)" in err and len(err.strip().splitlines()) == 1
     monkeypatch.setitem(sys.modules, "faster_whisper", None)  # as if the whisper extra were not installed
     code, _, err = _run(capsys, clips_manifest, tmp_path / "m", "whisper:tiny.en@batch")
     assert code == 2 and "pip install 'streamasr[whisper]'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_nemo_hub_id_with_hf_hub_offline_is_one_line(monkeypatch):
+    def no_probe(*a, **k):
+        raise AssertionError("HF_HUB_OFFLINE is enough: no network probe")
+
+    monkeypatch.setattr("streamasr.model_store.hub_problem", no_probe)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OfflineError, match=r"backend canary: cannot reach the Hugging Face hub to download "
+                                           r"nvidia/canary-1b-flash \(HF_HUB_OFFLINE is set\)") as err:
+        load_checkpoint("nvidia/canary-1b-flash", "canary")
+    assert "\n" not in str(err.value)

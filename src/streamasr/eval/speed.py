@@ -47,6 +47,7 @@ from streamasr.eval.sherpa_peer import (
 )
 from streamasr.eval.speech import read_speech
 from streamasr.eval.speech import speech_dir as speech_dir_of
+from streamasr.eval.weight_floor import format_floor, weight_floor
 from streamasr.model_config import ModelConfig, directory_size
 from streamasr.runtime import Model
 from streamasr.runtime.backend import encoder_providers, session_options
@@ -550,6 +551,12 @@ def cmd_speed(args) -> int:
         for lat in latencies:
             print("\n" + format_cost(measure(model, samples, lat, args.hotwords)))
     print(f"\nprocess peak RSS {peak_rss_bytes() / 1e6:.0f} MB; bench took {time.perf_counter() - t0:.0f} s")
+    floors = {}
+    if args.floor:
+        for d in dirs:
+            floors[str(d)] = weight_floor(d, latencies, args.threads)
+            measured = {r.latency_ms: r.rtfx for r in rows if r.directory == str(d) and "[" not in r.quantization}
+            print("\n" + format_floor(d.name, floors[str(d)], measured))
     profiles = {}
     if args.profile:
         for d in dirs:
@@ -560,6 +567,7 @@ def cmd_speed(args) -> int:
     if args.json:
         out = {"profiles": {k: [dict(zip(("op", "calls", "total_ms", "share"), r)) for r in v]
                             for k, v in profiles.items()},
+               "weight_floors": {k: [asdict(f) for f in v] for k, v in floors.items()},
                "header": header, "threads": args.threads, "audio": source, "audio_s": samples.size / sr,
                "block_ms": args.block_ms, "repeats": args.repeats, "onnxruntime": onnxruntime.__version__,
                "process_peak_rss_bytes": peak_rss_bytes(), "rows": [asdict(r) for r in rows]}
@@ -595,6 +603,10 @@ def add_parser(bench_sub) -> None:
                         "and reports its peak RSS (the app peak RSS column); 0 skips it (default: %(default)s)")
     p.add_argument("--hotwords", type=int, default=0, metavar="N",
                    help="also measure the decoder with N random phrases from the vocabulary against none")
+    p.add_argument("--floor", action="store_true",
+                   help="afterwards, time each model's weight products alone (every int4 MatMulNBits and weight "
+                        "MatMul) for one stream's rows per step: the RTFx bound weight traffic sets, and the share of "
+                        "it each mode reaches")
     p.add_argument("--profile", default=None, metavar="DIR",
                    help="afterwards, profile each model's encoder with ONNX Runtime's profiler (one extra run per "
                         "model and latency) and print the time per op type; traces are written to DIR")

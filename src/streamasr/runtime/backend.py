@@ -7,10 +7,7 @@ random weights, or to compare torch and ONNX) without a second implementation of
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
-import platform
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +18,7 @@ import numpy as np
 from streamasr.errors import ModelError
 from streamasr.model_config import CONFIG_NAME, ModelConfig, cache_shapes
 from streamasr.runtime.cache import CacheFeeds, encoder_input_names
+from streamasr.runtime.libc import glibc
 from streamasr.runtime.mapped_weights import release_mapped_weights
 
 EncoderOut = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
@@ -82,16 +80,6 @@ _LOAD_MMAP_THRESHOLD = 128 * 1024
 _RUN_MMAP_THRESHOLD = 32 * 1024 * 1024
 
 
-def _glibc():
-    """The C library when it is glibc (whose malloc the tuning below speaks to), else None."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return None
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
-        return None
-
-
 @contextmanager
 def lean_heap_while_loading() -> Iterator[None]:
     """Keep the buffers ONNX Runtime frees while it creates sessions out of the resident heap.
@@ -107,7 +95,7 @@ def lean_heap_while_loading() -> Iterator[None]:
 
     Process-wide (malloc has one configuration); a no-op off glibc or with STREAMASR_MALLOC_TUNING=0.
     """
-    libc = _glibc() if os.environ.get("STREAMASR_MALLOC_TUNING", "1") != "0" else None
+    libc = glibc() if os.environ.get("STREAMASR_MALLOC_TUNING", "1") != "0" else None
     if libc is not None:
         libc.mallopt(_M_MMAP_THRESHOLD, _LOAD_MMAP_THRESHOLD)
     try:

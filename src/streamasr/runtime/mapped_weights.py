@@ -18,26 +18,13 @@ Linux only (it reads /proc/self/maps); elsewhere, or with STREAMASR_RELEASE_MAPP
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
-import platform
 from pathlib import Path
+
+from streamasr.runtime.libc import linux_libc
 
 #: madvise() advice (sys/mman.h): drop the pages; a private file mapping re-reads them from the file
 _MADV_DONTNEED = 4
-
-
-def _libc():
-    if platform.system() != "Linux" or os.environ.get("STREAMASR_RELEASE_MAPPED", "1") == "0":
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    except OSError:
-        return None
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    libc.madvise.restype = ctypes.c_int
-    return libc
 
 
 def clean_file_mappings(directory: Path, smaps: str = "/proc/self/smaps") -> list[tuple[int, int, str]]:
@@ -71,7 +58,7 @@ def clean_file_mappings(directory: Path, smaps: str = "/proc/self/smaps") -> lis
 def release_mapped_weights(directory: Path) -> int:
     """Drop the resident pages of every unwritten private mapping of a file in `directory`; bytes of address
     range advised (0 where nothing is mapped, off Linux, or turned off)."""
-    libc = _libc()
+    libc = linux_libc() if os.environ.get("STREAMASR_RELEASE_MAPPED", "1") != "0" else None
     if libc is None:
         return 0
     released = 0

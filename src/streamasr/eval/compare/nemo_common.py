@@ -9,7 +9,7 @@ from streamasr.errors import ModelError, OfflineError
 from streamasr.eval.compare.backend import param_bytes
 from streamasr.eval.compare.spec import SpecError
 from streamasr.eval.nemo_reference import load_nemo_model
-from streamasr.model_store import hub_problem
+from streamasr.model_store import offline_reason
 
 
 def require_nemo(backend: str, threads: int) -> None:
@@ -49,7 +49,7 @@ def load_checkpoint(source: str, backend: str):
         if not path.is_file() or path.suffix != ".nemo":
             raise ModelError(f"backend {backend}: {path} is not a .nemo checkpoint")
         return load_nemo_model(path)
-    why = hub_problem()
+    why = offline_reason()
     if why:
         raise OfflineError(f"backend {backend}: cannot reach the Hugging Face hub to download {source} ({why}); "
                            "pass a local .nemo file, or random: for speed, size and memory only")

