@@ -127,9 +127,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         warm_modes = tuple(int(v) for v in args.warmup_latency.split(",")) if args.warmup_latency else ()
     except ValueError:
         raise StreamASRError(f"--warmup-latency takes latency modes in ms, got {args.warmup_latency!r}") from None
-    # A busy server keeps the weight pages ORT never reads resident (runtime/mapped_weights.py): handing them
-    # back cost 12 concurrent streams 3-5% more CPU and more p95 stalls in `bench serve` (docs/benchmarks.md),
-    # for 80 MB saved once per process. STREAMASR_RELEASE_MAPPED=1 releases them all the same.
+    # A busy server keeps the weight pages ORT never reads resident (runtime/mapped_weights.py): with them
+    # handed back, 12 concurrent streams in `bench serve` stalled past the chunk somewhat more often
+    # (docs/benchmarks.md), which 80 MB saved once per process does not buy. STREAMASR_RELEASE_MAPPED=1
+    # releases them all the same.
     os.environ.setdefault("STREAMASR_RELEASE_MAPPED", "0")
     model = load_model(args, allow_random=args.allow_random)
     for ms in warm_modes:
