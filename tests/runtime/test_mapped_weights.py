@@ -12,7 +12,7 @@ import pytest
 from streamasr.eval.serve_load import server_process
 from streamasr.quant.quantize import quantize_model_dir
 from streamasr.runtime import Model
-from streamasr.runtime.mapped_weights import clean_file_mappings
+from streamasr.runtime.mapped_weights import clean_file_mappings, release_wanted
 
 linux_only = pytest.mark.skipif(platform.system() != "Linux", reason="reads /proc/self/smaps")
 
@@ -74,14 +74,13 @@ def _resident_mapped(directory: Path) -> tuple[int, int]:
 def test_loading_hands_back_mapped_weight_pages_and_changes_no_output(int4_dir, speech, monkeypatch):
     audio = np.concatenate([speech[n] for n in sorted(speech)[:3]])
 
-    monkeypatch.setenv("STREAMASR_RELEASE_MAPPED", "0")
-    kept = Model.load_dir(int4_dir, threads=1)
+    monkeypatch.delenv("STREAMASR_RELEASE_MAPPED", raising=False)
+    kept = Model.load_dir(int4_dir, threads=1, release_mapped=False)
     mapped, resident = _resident_mapped(int4_dir)
-    assert mapped > 0 and resident > 0, "ONNX Runtime maps the weight files and, turned off, they stay resident"
+    assert mapped > 0 and resident > 0, "ONNX Runtime maps the weight files and, kept, they stay resident"
     reference = kept.transcribe(audio, 160).token_ids
     assert len(reference) >= 5, "the random model must emit tokens for this test to mean anything"
 
-    monkeypatch.delenv("STREAMASR_RELEASE_MAPPED")
     released = Model.load_dir(int4_dir, threads=1)  # drops the pages of every mapping of the directory's files
     mapped, resident = _resident_mapped(int4_dir)
     assert mapped > 0 and resident == 0
@@ -111,7 +110,7 @@ def _resident_in(pid: int, directory: Path) -> int:
 
 @linux_only
 def test_the_server_keeps_weight_pages_unless_told_to_release(int4_dir, monkeypatch):
-    """`streamasr serve` keeps them by default (releasing cost a busy server CPU and p95 stalls); with
+    """`streamasr serve` keeps them by default (a busy server stalled somewhat more often without them); with
     STREAMASR_RELEASE_MAPPED=1 only what its warm-up steps read comes back."""
     resident = {}
     for env in (None, "1"):
@@ -122,3 +121,20 @@ def test_the_server_keeps_weight_pages_unless_told_to_release(int4_dir, monkeypa
         with server_process(int4_dir, ["--threads", "1"]) as (server, _port):
             resident[env] = _resident_in(server.pid, int4_dir)
     assert resident[None] > resident["1"] > 0, resident
+
+
+def test_the_environment_overrides_the_loaders_choice(monkeypatch):
+    monkeypatch.delenv("STREAMASR_RELEASE_MAPPED", raising=False)
+    assert release_wanted(True) and not release_wanted(False)
+    monkeypatch.setenv("STREAMASR_RELEASE_MAPPED", "0")
+    assert not release_wanted(True)
+    monkeypatch.setenv("STREAMASR_RELEASE_MAPPED", "1")
+    assert release_wanted(False)
+
+
+@linux_only
+def test_a_loader_that_keeps_the_pages_is_overridden_by_the_environment(int4_dir, monkeypatch):
+    monkeypatch.setenv("STREAMASR_RELEASE_MAPPED", "1")
+    model = Model.load_dir(int4_dir, threads=1, release_mapped=False)
+    mapped, resident = _resident_mapped(int4_dir)
+    assert model.backend.release_mapped and mapped > 0 and resident == 0

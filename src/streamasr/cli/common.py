@@ -109,10 +109,11 @@ def random_build_progress(source: str | None) -> Progress | None:
     return lambda step: print(f"streamasr: {label}: {step}", file=sys.stderr, flush=True)
 
 
-def load_model(args: argparse.Namespace, allow_random: bool = True) -> Model:
+def load_model(args: argparse.Namespace, allow_random: bool = True, release_mapped: bool = True) -> Model:
     """The model `--model` names (converted into the cache on first use), refusing random weights unless
-    allowed: their transcripts are meaningless."""
-    model = Model.load_dir(resolve_model(args.model, progress=random_build_progress(args.model)), threads=args.threads)
+    allowed: their transcripts are meaningless. `release_mapped`: see `Model.load_dir`."""
+    model = Model.load_dir(resolve_model(args.model, progress=random_build_progress(args.model)), threads=args.threads,
+                           release_mapped=release_mapped)
     if model.config.random_weights and not allow_random:
         raise ModelError(f"{args.model} has random weights (a benchmark model); its transcripts are meaningless. "
                          "Pass --allow-random to run it anyway")

@@ -131,8 +131,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # handed back, 12 concurrent streams in `bench serve` stalled past the chunk somewhat more often
     # (docs/benchmarks.md), which 80 MB saved once per process does not buy. STREAMASR_RELEASE_MAPPED=1
     # releases them all the same.
-    os.environ.setdefault("STREAMASR_RELEASE_MAPPED", "0")
-    model = load_model(args, allow_random=args.allow_random)
+    model = load_model(args, allow_random=args.allow_random, release_mapped=False)
     for ms in warm_modes:
         model.latency(ms)  # an unknown mode is a clear error now, not at the first stream
     config = ServerConfig(host=args.host, port=args.port, max_streams=args.max_streams, max_load=args.max_load,

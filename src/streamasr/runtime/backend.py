@@ -19,7 +19,7 @@ from streamasr.errors import ModelError
 from streamasr.model_config import CONFIG_NAME, ModelConfig, cache_shapes
 from streamasr.runtime.cache import CacheFeeds, encoder_input_names
 from streamasr.runtime.libc import glibc
-from streamasr.runtime.mapped_weights import release_mapped_weights
+from streamasr.runtime.mapped_weights import release_mapped_weights, release_wanted
 
 EncoderOut = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 JOINT_OUTPUTS = ["best", "logprob"]  # joint.onnx also has `logits`, fetched only for fused decoding
@@ -217,11 +217,15 @@ class OrtBackend:
     small decoder and joint graphs always run on the CPU provider, where a call costs microseconds."""
 
     def __init__(self, directory: Path, files: dict[str, str], threads: int | None = None,
-                 providers: list[str] | None = None, config: ModelConfig | None = None):
+                 providers: list[str] | None = None, config: ModelConfig | None = None,
+                 release_mapped: bool = True):
         """`config` (the directory's config.json, as Model.load_dir passes it): each graph's inputs are
-        checked against it, so files of different models are refused here."""
+        checked against it, so files of different models are refused here. `release_mapped`: hand back the
+        weight pages ORT keeps mapped but never reads after each session is created (`mapped_weights`;
+        STREAMASR_RELEASE_MAPPED, when set, decides instead)."""
         self.providers = providers or ["CPUExecutionProvider"]
         self.config = config
+        self.release_mapped = release_wanted(release_mapped)
         self.sessions = {}
         with lean_heap_while_loading():
             self._load(Path(directory), files, threads, config)
@@ -248,7 +252,8 @@ class OrtBackend:
             if config is not None:
                 check_session(session, name, path, config)
             self.sessions[name] = session
-            release_mapped_weights(directory)  # after each graph: the next one loads beside less memory
+            if self.release_mapped:  # after each graph: the next one loads beside less memory
+                release_mapped_weights(directory)
 
     def with_encoder(self, path: Path, options, providers: list | None = None) -> "OrtBackend":
         """A backend sharing this one's decoder and joint sessions, with the encoder loaded from `path` under
@@ -258,6 +263,7 @@ class OrtBackend:
         other = object.__new__(OrtBackend)
         other.providers = providers or self.providers
         other.config = self.config
+        other.release_mapped = self.release_mapped
         other.sessions = dict(self.sessions)
         try:
             other.sessions["encoder"] = ort.InferenceSession(str(path), sess_options=options,
@@ -266,7 +272,8 @@ class OrtBackend:
             raise ModelError(f"cannot load {path}: {exc}") from exc
         if self.config is not None:
             check_session(other.sessions["encoder"], "encoder", Path(path), self.config)
-        release_mapped_weights(Path(path).parent)
+        if self.release_mapped:
+            release_mapped_weights(Path(path).parent)
         return other
 
     def encode(self, mel, drop, caches: CacheFeeds) -> EncoderOut:

@@ -13,7 +13,9 @@ one step, the unused scales and zero points stay out. Correctness therefore neve
 ORT still reads; it depends, as any mapping does, on the file not being rewritten in place while the model
 is loaded (the converter and quantizer replace files by rename, which leaves a mapped file intact).
 
-Linux only (it reads /proc/self/maps); elsewhere, or with STREAMASR_RELEASE_MAPPED=0, nothing happens.
+Linux only (it reads /proc/self/smaps); elsewhere nothing happens. Whether a process releases is its loader's
+choice (`OrtBackend(release_mapped=...)`); STREAMASR_RELEASE_MAPPED, when set, overrides that choice (`0` keeps
+the pages, anything else releases them).
 """
 
 from __future__ import annotations
@@ -55,10 +57,16 @@ def clean_file_mappings(directory: Path, smaps: str = "/proc/self/smaps") -> lis
     return out
 
 
+def release_wanted(default: bool = True) -> bool:
+    """Whether to release: STREAMASR_RELEASE_MAPPED when it is set (`0`: no), else `default`."""
+    value = os.environ.get("STREAMASR_RELEASE_MAPPED")
+    return default if value is None else value.strip() != "0"
+
+
 def release_mapped_weights(directory: Path) -> int:
     """Drop the resident pages of every unwritten private mapping of a file in `directory`; bytes of address
-    range advised (0 where nothing is mapped, off Linux, or turned off)."""
-    libc = linux_libc() if os.environ.get("STREAMASR_RELEASE_MAPPED", "1") != "0" else None
+    range advised (0 where nothing is mapped, or off Linux)."""
+    libc = linux_libc()
     if libc is None:
         return 0
     released = 0

@@ -119,7 +119,9 @@ class Model:
 
     @classmethod
     def load_dir(cls, directory: Path, threads: int | None = None, backend: Backend | None = None,
-                 providers: list[str] | None = None) -> "Model":
+                 providers: list[str] | None = None, release_mapped: bool = True) -> "Model":
+        """The model in `directory`. `release_mapped=False` keeps resident the weight pages ONNX Runtime maps
+        but never reads (see `runtime.mapped_weights`; about 80 MB for the full-size int4 model)."""
         directory = Path(directory)
         config = ModelConfig.load(directory)
         try:
@@ -133,7 +135,8 @@ class Model:
                              f"{len(text.pieces)} pieces but its config.json's decoder predicts "
                              f"{config.decoder.vocab_size}; the files come from different models (re-convert)")
         if backend is None:  # the graphs are checked against config.json (files of another model size)
-            backend = OrtBackend(directory, config.files, threads=threads, providers=providers, config=config)
+            backend = OrtBackend(directory, config.files, threads=threads, providers=providers, config=config,
+                                 release_mapped=release_mapped)
         return cls(directory, config, backend, window, filterbank, text)
 
     def check_fusion(self) -> None:
