@@ -25,7 +25,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from streamasr.model_config import ModelConfig
-from streamasr.runtime.backend import session_options
+from streamasr.runtime.backend import loading_sessions, session_options
 
 MS_DOMAIN = "com.microsoft"
 
@@ -87,7 +87,8 @@ def floor_session(encoder: Path, threads: int) -> tuple[ort.InferenceSession, di
     options = session_options(threads)
     # a graph given as bytes reads its external weights from this folder: the model's own
     options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(Path(encoder).parent))
-    session = ort.InferenceSession(floor.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    with loading_sessions():  # packed as the encoder's own weights are (heap, page size)
+        session = ort.InferenceSession(floor.SerializeToString(), options, providers=["CPUExecutionProvider"])
     return session, widths, kernels
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from streamasr.errors import ModelError
 from streamasr.model_config import CONFIG_NAME, ModelConfig, cache_shapes
 from streamasr.runtime.cache import CacheFeeds, encoder_input_names
+from streamasr.runtime.huge_pages import huge_pages_for_new_memory
 from streamasr.runtime.libc import glibc
 from streamasr.runtime.mapped_weights import release_mapped_weights, release_wanted
 
@@ -104,6 +105,14 @@ def lean_heap_while_loading() -> Iterator[None]:
         if libc is not None:
             libc.mallopt(_M_MMAP_THRESHOLD, _RUN_MMAP_THRESHOLD)
             libc.malloc_trim(0)
+
+
+@contextmanager
+def loading_sessions() -> Iterator[None]:
+    """What a block that creates sessions runs inside: the lean heap while they load (`lean_heap_while_loading`),
+    then huge pages for the memory the load created, the packed weights (`runtime.huge_pages`)."""
+    with huge_pages_for_new_memory(), lean_heap_while_loading():
+        yield
 
 
 #: a joint scoring at least this many labels (blank included) runs on the encoder's threads (`graph_threads`)
@@ -227,7 +236,7 @@ class OrtBackend:
         self.config = config
         self.release_mapped = release_wanted(release_mapped)
         self.sessions = {}
-        with lean_heap_while_loading():
+        with loading_sessions():
             self._load(Path(directory), files, threads, config)
 
     def _load(self, directory: Path, files: dict[str, str], threads: int | None, config: ModelConfig | None):
@@ -266,8 +275,9 @@ class OrtBackend:
         other.release_mapped = self.release_mapped
         other.sessions = dict(self.sessions)
         try:
-            other.sessions["encoder"] = ort.InferenceSession(str(path), sess_options=options,
-                                                             providers=other.providers)
+            with loading_sessions():
+                other.sessions["encoder"] = ort.InferenceSession(str(path), sess_options=options,
+                                                                 providers=other.providers)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ModelError(f"cannot load {path}: {exc}") from exc
         if self.config is not None:

@@ -1,6 +1,7 @@
 """The process's C library, for the calls Python's standard library does not wrap.
 
-The runtime tunes glibc's malloc while sessions load (`backend.lean_heap_while_loading`) and advises the
+The runtime tunes glibc's malloc while sessions load (`backend.lean_heap_while_loading`), asks for huge pages
+for what the load packed (`huge_pages`) and advises the
 kernel about mapped weight files (`mapped_weights`); both speak to the same loaded library, with errno kept
 so a failed call can say why.
 """
