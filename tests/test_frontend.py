@@ -15,7 +15,7 @@ from streamasr.convert.reference_features import (
     nemo_window_and_filterbank,
     slaney_mel_filterbank,
 )
-from streamasr.frontend import StreamingLogMel, log_mel
+from streamasr.frontend import MelProjection, StreamingLogMel, log_mel
 from streamasr.model_config import FrontendConfig
 
 CFG = FrontendConfig()
@@ -116,3 +116,17 @@ def test_slaney_filterbank_matches_librosa():
     import torch
 
     np.testing.assert_allclose(window, torch.hann_window(400, periodic=False).numpy(), atol=1e-6)
+
+
+def test_mel_projection_sums_each_band_like_the_dense_product():
+    _, fb = nemo_window_and_filterbank(128)
+    fb = np.asarray(fb, np.float32).reshape(128, -1)
+    power = np.random.default_rng(3).random((37, fb.shape[1]), dtype=np.float32) ** 4  # spans decades
+    got = MelProjection(fb)(power)
+    assert got.dtype == np.float32 and got.shape == (37, 128)
+    np.testing.assert_allclose(got, power @ fb.T, rtol=1e-6, atol=0)
+    # a band with no weight (a filterbank with more channels than bins can make one) stays 0
+    fb[5] = 0.0
+    got = MelProjection(fb)(power)
+    assert np.all(got[:, 5] == 0.0)
+    np.testing.assert_allclose(got, power @ fb.T, rtol=1e-6, atol=0)

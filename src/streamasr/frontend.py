@@ -12,33 +12,42 @@ value has arrived, and pre-emphasis and framing are continuous across `accept()`
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import numpy as np
-from threadpoolctl import ThreadpoolController
 
 from streamasr.model_config import FrontendConfig
 
-_blas_lock = threading.Lock()
-_blas: ThreadpoolController | None = None
 
+class MelProjection:
+    """The mel filterbank applied to power spectra, summing only each band's non-zero weights.
 
-@contextmanager
-def one_blas_thread() -> Iterator[None]:
-    """Run numpy's BLAS on one thread inside the block (its setting is restored after).
+    A Slaney filterbank is a band of a few neighbouring bins per mel channel: about 500 of its 33,000 weights
+    are non-zero. Summing those directly costs what the dense product costs on a few frames, and it never
+    calls BLAS, whose threads (OpenBLAS splits larger products) spin-wait after each call and would take a
+    core from ONNX Runtime's pool between encoder steps; guarding every call with a thread limit cost more
+    than the product. Sums run in float32, bin order, like the dense product up to rounding."""
 
-    A chunk's mel projection is a product of a few rows, large enough for OpenBLAS to split over its threads,
-    which then spin-wait after the call: in a streaming process that takes most of a core from ONNX
-    Runtime's pool between encoder steps. One thread does the product in microseconds. The lock keeps
-    concurrent streams from restoring each other's setting."""
-    global _blas
-    with _blas_lock:
-        if _blas is None:
-            _blas = ThreadpoolController()
-        with _blas.limit(limits=1, user_api="blas"):
-            yield
+    def __init__(self, filterbank: np.ndarray):
+        """`filterbank` (n_mels, n_bins)."""
+        fb = np.asarray(filterbank, dtype=np.float32)
+        mels, bins = np.nonzero(fb)  # row-major: grouped by mel channel, bins ascending
+        self.n_mels = fb.shape[0]
+        self._bins = bins
+        self._weights = fb[mels, bins]
+        counts = np.bincount(mels, minlength=self.n_mels)
+        self._starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        self._filled = counts > 0  # reduceat returns a neighbour's value for an empty band: those stay 0
+        self._all_filled = bool(self._filled.all())
+
+    def __call__(self, power: np.ndarray) -> np.ndarray:
+        """(frames, n_bins) -> (frames, n_mels)."""
+        if self._weights.size == 0:
+            return np.zeros((power.shape[0], self.n_mels), dtype=np.float32)
+        sums = np.add.reduceat(power[:, self._bins] * self._weights, self._starts[self._filled], axis=1)
+        if self._all_filled:
+            return sums
+        out = np.zeros((power.shape[0], self.n_mels), dtype=np.float32)
+        out[:, self._filled] = sums
+        return out
 
 
 class StreamingLogMel:
@@ -53,7 +62,7 @@ class StreamingLogMel:
         nonzero = np.flatnonzero(full_window)
         # a frame's last sample with non-zero weight, relative to the frame's centre sample
         self._last_needed = int(nonzero[-1]) - cfg.n_fft // 2
-        self._fb = np.ascontiguousarray(np.asarray(filterbank, dtype=np.float32).reshape(cfg.n_mels, -1).T)
+        self._project = MelProjection(np.asarray(filterbank, dtype=np.float32).reshape(cfg.n_mels, -1))
         self._half = cfg.n_fft // 2
         # pre-emphasised samples from absolute index `_offset` on (older ones are no longer needed)
         self._buf = np.zeros(0, dtype=np.float32)
@@ -113,8 +122,7 @@ class StreamingLogMel:
         frames = np.lib.stride_tricks.sliding_window_view(seg, n_fft)[::hop]
         spec = np.fft.rfft(frames * self._window, axis=-1)
         power = np.abs(spec) ** np.float32(self.cfg.mag_power)  # sqrt then square, as NeMo
-        with one_blas_thread():
-            projected = power @ self._fb
+        projected = self._project(power)
         mel = np.log(projected + np.float32(self.cfg.log_zero_guard))
         self._next_frame = end_frame
         # drop samples no future frame can use

@@ -1,16 +1,12 @@
-"""How the runtime's threads wait: ONNX Runtime's pool spins only within a run, numpy's BLAS stays on one thread."""
+"""How the runtime's threads wait: ONNX Runtime's pool spins only within a run; which graphs get which pool."""
 
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
-import numpy as np
 import pytest
-from threadpoolctl import threadpool_info
 
 from streamasr.errors import ModelError
-from streamasr.frontend import one_blas_thread
 from streamasr.runtime.backend import LARGE_JOINT_LABELS, graph_threads, session_options
 
 SPIN = "session.intra_op.allow_spinning"
@@ -33,25 +29,6 @@ def test_unknown_spinning_policy_is_one_clear_error(monkeypatch):
     monkeypatch.setenv("STREAMASR_SPIN", "fast")
     with pytest.raises(ModelError, match="STREAMASR_SPIN='fast'"):
         session_options(2)
-
-
-def _blas_threads() -> list[int]:
-    """Threads of numpy's own BLAS, the one the mel product calls (other packages loaded by other tests, such
-    as scipy, bring BLAS libraries of their own that the front end never calls)."""
-    numpy_libs = Path(np.__file__).parent.parent
-    return [lib["num_threads"] for lib in threadpool_info()
-            if lib["user_api"] == "blas" and Path(lib["filepath"]).is_relative_to(numpy_libs)
-            and "numpy" in Path(lib["filepath"]).relative_to(numpy_libs).parts[0]]
-
-
-def test_front_end_product_runs_on_one_blas_thread_and_restores_it():
-    before = _blas_threads()
-    if not before:
-        pytest.fail("numpy has no BLAS that threadpoolctl can see")
-    with one_blas_thread():
-        assert set(_blas_threads()) == {1}
-        _ = np.ones((16, 257), np.float32) @ np.ones((257, 128), np.float32)
-    assert _blas_threads() == before
 
 
 def test_graph_threads_give_a_large_joint_the_encoders_pool(loaded_tiny):
