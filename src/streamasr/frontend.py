@@ -82,6 +82,12 @@ class StreamingLogMel:
 
     def accept(self, samples: np.ndarray) -> np.ndarray:
         """Add float samples in [-1, 1]; return the (n, n_mels) float32 frames that became complete."""
+        self.add(samples)
+        return self.emit()
+
+    def add(self, samples: np.ndarray) -> int:
+        """Buffer float samples in [-1, 1] without computing frames; returns how many complete frames wait
+        for `emit`. A caller that needs frames only in chunks computes each chunk's in one pass."""
         if self._finished:
             raise RuntimeError("accept() after finish()")
         x = np.asarray(samples, dtype=np.float32).reshape(-1)
@@ -91,10 +97,18 @@ class StreamingLogMel:
             self._prev_sample = float(x[-1])
             self._buf = np.concatenate((self._buf, y))
             self._n_samples += x.size
+        return self._complete_frames() - self._next_frame
+
+    def emit(self) -> np.ndarray:
+        """The (n, n_mels) float32 frames complete since the last call."""
+        return self._emit(self._complete_frames())
+
+    def _complete_frames(self) -> int:
+        """Frames whose every sample with non-zero window weight has arrived: frame t needs samples up to
+        hop*t + last_needed."""
         hop = self.cfg.hop_length
-        # frame t needs samples up to hop*t + last_needed
         ready = (self._n_samples - 1 - self._last_needed) // hop + 1 if self._n_samples > self._last_needed else 0
-        return self._emit(max(ready, self._next_frame))
+        return max(ready, self._next_frame)
 
     def finish(self) -> np.ndarray:
         """End of stream: the remaining valid frames, then NeMo's trailing `pad_value` frame."""

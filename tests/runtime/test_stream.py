@@ -102,3 +102,24 @@ def test_input_validation(loaded_tiny):
     stream.finish()
     with pytest.raises(RuntimeError):
         stream.accept(np.zeros(10, np.float32))
+
+
+def test_mel_frames_are_computed_once_per_chunk_and_equal_the_eager_ones(loaded_tiny, speech):
+    """accept() buffers samples and computes a chunk's mel frames together when the chunk is complete; the
+    encoder sees exactly the frames a front end fed block by block gives."""
+    x = speech["jfk_inaugural_1961.wav"][: 16000 * 4]
+    lazy = loaded_tiny.stream(160)
+    emitted = []
+    emit = lazy.frontend.emit
+    lazy.frontend.emit = lambda: emitted.append(emit()) or emitted[-1]
+    for i in range(0, x.size, 320):  # 20 ms blocks, 8 to a 160 ms chunk
+        lazy.accept(x[i : i + 320])
+    blocks = x.size // 320
+    assert lazy.steps > 10 and len(emitted) == lazy.steps  # one pass per step, not one per block
+    assert len(emitted) < blocks / 4
+
+    eager = loaded_tiny.stream(160)
+    frames = np.concatenate([eager.frontend.accept(x[i : i + 320]) for i in range(0, x.size, 320)])
+    lazy_frames = np.concatenate(emitted)
+    np.testing.assert_array_equal(lazy_frames, frames[: lazy_frames.shape[0]])
+    assert lazy.finish().token_ids == loaded_tiny.transcribe(x, 160).token_ids

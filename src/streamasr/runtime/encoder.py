@@ -71,6 +71,10 @@ class StreamingEncoder:
         """New mel frames the next step consumes (the first step is wider than later ones)."""
         return self.schedule.first_chunk if self._steps == 0 else self.schedule.chunk
 
+    def frames_missing(self) -> int:
+        """Mel frames the next step still needs beyond those buffered (0 when it can run)."""
+        return max(0, self.next_width() - self._pending.shape[0])
+
     def ready(self) -> bool:
         """A full chunk is waiting (used by schedulers that batch steps of many streams)."""
         return self._pending.shape[0] >= self.next_width()

@@ -331,7 +331,9 @@ class Stream:
         with self._lock:
             if self._finished:
                 raise RuntimeError("accept() after finish()")
-            return self._decode(self.encoder.push(self.frontend.accept(x)))
+            if self.frontend.add(x) < self.encoder.frames_missing():
+                return ""  # no step yet: its frames are computed together when the chunk is complete
+            return self._decode(self.encoder.push(self.frontend.emit()))
 
     def accept_chunks(self, chunks: list[EncodedChunk]) -> str:
         """Decode encoder output produced outside the stream (by a batching scheduler)."""
