@@ -25,6 +25,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from streamasr.model_config import ModelConfig
+from streamasr.quant.graph import constant_operand_rank
 from streamasr.runtime.backend import loading_sessions, session_options
 
 MS_DOMAIN = "com.microsoft"
@@ -42,7 +43,7 @@ class Floor:
 def _is_weight_product(node, inits: dict) -> bool:
     if node.domain == MS_DOMAIN and node.op_type == "MatMulNBits":
         return True
-    return node.op_type == "MatMul" and node.input[1] in inits and len(inits[node.input[1]].dims) == 2
+    return constant_operand_rank(node, inits) == 2
 
 
 def _inner_width(node, inits: dict) -> int:

@@ -66,16 +66,22 @@ def quiet_tools(names: tuple[str, ...], prefixes: tuple[str, ...] = (), imports:
         root.handlers[:] = root_handlers
 
 
+def constant_operand_rank(node, inits: dict) -> int | None:
+    """The rank of a MatMul's second input when it is an initializer (in `inits`, name -> tensor), else None:
+    2 for a weight, another rank for a lookup table such as the per-head position scores."""
+    if node.op_type != "MatMul" or node.input[1] not in inits:
+        return None
+    return len(inits[node.input[1]].dims)
+
+
 def constant_table_matmuls(model) -> list[str]:
     """MatMul nodes whose second input is a constant of another rank than 2 (the per-head position-score
     table): a product of activations with a lookup table, not a weight; quantizers must leave them alone."""
     inits = {i.name: i for i in model.graph.initializer}
-    return [n.name for n in model.graph.node
-            if n.op_type == "MatMul" and n.input[1] in inits and len(inits[n.input[1]].dims) != 2]
+    return [n.name for n in model.graph.node if constant_operand_rank(n, inits) not in (None, 2)]
 
 
 def constant_weight_matmuls(model) -> list[str]:
     """Names of the MatMul nodes whose second input is a constant 2-D initializer (the quantizable ones)."""
     inits = {i.name: i for i in model.graph.initializer}
-    return [n.name for n in model.graph.node
-            if n.op_type == "MatMul" and n.input[1] in inits and len(inits[n.input[1]].dims) == 2]
+    return [n.name for n in model.graph.node if constant_operand_rank(n, inits) == 2]
