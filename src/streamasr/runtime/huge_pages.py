@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from streamasr.runtime.libc import linux_libc
+from streamasr.runtime.proc_maps import mapping_header, read_lines
 
 #: madvise() advice (asm-generic/mman-common.h)
 _MADV_HUGEPAGE = 14
@@ -33,18 +34,10 @@ Range = tuple[int, int]
 def anonymous_ranges(maps: str = "/proc/self/maps") -> list[Range]:
     """(start, end) of this process's private, writable mappings backed by no file (the brk heap included)."""
     out: list[Range] = []
-    try:
-        with open(maps) as f:
-            lines = f.readlines()
-    except OSError:
-        return out
-    for line in lines:
-        fields = line.split(maxsplit=5)
-        path = fields[5].strip() if len(fields) == 6 else ""
-        if fields[1] != "rw-p" or (path and path != "[heap]"):
-            continue
-        start, end = (int(x, 16) for x in fields[0].split("-"))
-        out.append((start, end))
+    for line in read_lines(maps):
+        mapping = mapping_header(line)
+        if mapping is not None and mapping.perms == "rw-p" and mapping.path in ("", "[heap]"):
+            out.append((mapping.start, mapping.end))
     return out
 
 
@@ -90,6 +83,7 @@ def collapse(spans: list[Range]) -> int:
 
 
 def wanted() -> bool:
+    """On Linux, unless STREAMASR_HUGE_PAGES=0."""
     return linux_libc() is not None and os.environ.get("STREAMASR_HUGE_PAGES", "1").strip() != "0"
 
 

@@ -24,6 +24,7 @@ import os
 from pathlib import Path
 
 from streamasr.runtime.libc import linux_libc
+from streamasr.runtime.proc_maps import mapping_header, read_lines
 
 #: madvise() advice (sys/mman.h): drop the pages; a private file mapping re-reads them from the file
 _MADV_DONTNEED = 4
@@ -37,21 +38,15 @@ def clean_file_mappings(directory: Path, smaps: str = "/proc/self/smaps") -> lis
     with a written page (its `Anonymous` count in smaps) is left alone all the same."""
     root = str(Path(directory).resolve()) + os.sep
     out: list[tuple[int, int, str]] = []
-    try:
-        with open(smaps) as f:
-            lines = f.readlines()
-    except OSError:
-        return out
     current: tuple[int, int, str] | None = None
-    for line in lines:
-        fields = line.split(maxsplit=5)
-        if "-" in fields[0] and not fields[0].endswith(":"):  # a mapping's header line
-            path = fields[5].rstrip("\n") if len(fields) == 6 else ""
-            keep = fields[1].endswith("p") and path.startswith(root) and not path.endswith(" (deleted)")
-            start, end = (int(x, 16) for x in fields[0].split("-"))
+    for line in read_lines(smaps):
+        mapping = mapping_header(line)
+        if mapping is not None:
+            start, end, perms, path = mapping
+            keep = perms.endswith("p") and path.startswith(root) and not path.endswith(" (deleted)")
             current = (start, end, path) if keep else None
-        elif current is not None and fields[0] == "Anonymous:":
-            if int(fields[1]) == 0:
+        elif current is not None and line.startswith("Anonymous:"):
+            if int(line.split()[1]) == 0:
                 out.append(current)
             current = None
     return out
